@@ -1,0 +1,131 @@
+"""A synchronous connection to sockd: one gRPC channel and one session.
+
+The session stream stays open for the client's lifetime, read by a daemon
+thread; when it ends, sockd closes every socket the client created.
+"""
+
+import os
+import threading
+
+import grpc
+
+from sandnet.v1 import sockets_pb2, sockets_pb2_grpc
+
+DEFAULT_ENDPOINT = "unix:/run/sandnet/sockd.sock"
+ENDPOINT_ENV = "SANDNET_SOCKD"
+SESSION_METADATA = "sandnet-session"
+
+# How long the constructor waits for sockd to accept the channel.
+CONNECT_TIMEOUT_SECONDS = 5.0
+
+# Messages up to 64 MiB, as the sandnet services accept.
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+
+def grpc_target(endpoint: str) -> str:
+    """Convert ``unix:PATH`` or ``tcp:HOST:PORT`` to a gRPC target; raise ValueError naming the fix."""
+    if endpoint.startswith("unix:") and len(endpoint) > len("unix:"):
+        return endpoint
+    if endpoint.startswith("tcp:"):
+        host, sep, port = endpoint[len("tcp:"):].rpartition(":")
+        if sep and host and port.isdigit():
+            return f"{host}:{port}"
+    raise ValueError(f"invalid sockd endpoint {endpoint!r}: expected unix:PATH or tcp:HOST:PORT")
+
+
+class Client:
+    """A session with sockd; every call carries the session id. Thread-safe.
+
+    ``endpoint`` defaults to $SANDNET_SOCKD, else unix:/run/sandnet/sockd.sock.
+    Raises ConnectionError naming the endpoint when sockd does not answer.
+    """
+
+    _default: "Client | None" = None
+    _default_lock = threading.Lock()
+
+    def __init__(self, endpoint: str | None = None, name: str = "sandnet-client"):
+        self.endpoint = endpoint or os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT
+        self._channel = grpc.insecure_channel(grpc_target(self.endpoint), options=CHANNEL_OPTIONS)
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=CONNECT_TIMEOUT_SECONDS)
+            self._session_call = sockets_pb2_grpc.SocketsStub(self._channel).Session(
+                sockets_pb2.SessionRequest(client=name))
+            first = next(self._session_call)
+        except grpc.FutureTimeoutError:
+            self._channel.close()
+            raise ConnectionError(
+                f"sockd is not reachable at {self.endpoint} (no answer within {CONNECT_TIMEOUT_SECONDS:g} s): "
+                f"start sandnet-sockd there or set {ENDPOINT_ENV} to its endpoint"
+            ) from None
+        except (grpc.RpcError, StopIteration) as error:
+            self._channel.close()
+            raise ConnectionError(
+                f"sockd at {self.endpoint} did not open a session ({error}): "
+                f"start sandnet-sockd there or set {ENDPOINT_ENV} to its endpoint"
+            ) from None
+
+        self.session = first.session
+        self.metadata = ((SESSION_METADATA, self.session),)
+        self.sockets = sockets_pb2_grpc.SocketsStub(self._channel)
+        self.netinfo = sockets_pb2_grpc.NetinfoStub(self._channel)
+        self._closed = threading.Event()
+        self._keeper = threading.Thread(target=self._hold_session, name=f"sandnet-session-{self.session[:8]}",
+                                        daemon=True)
+        self._keeper.start()
+
+    @classmethod
+    def default(cls) -> "Client":
+        """Return the process-wide client that sandnet.socket uses, creating it on first use."""
+        with cls._default_lock:
+            if cls._default is None or cls._default.closed:
+                cls._default = cls()
+            return cls._default
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def _hold_session(self) -> None:
+        """Read the session stream until sockd or close() ends it."""
+        try:
+            for _ in self._session_call:
+                pass
+        except grpc.RpcError:
+            pass
+        self._closed.set()
+
+    def call(self, method: str, request, timeout_ms: int | None = None):
+        """Call a Sockets method with the session metadata and return its reply.
+
+        A transport failure raises ConnectionError naming the endpoint, so a
+        socket-level caller sees an OSError either way.
+        """
+        deadline = None if timeout_ms is None or timeout_ms < 0 else timeout_ms / 1000 + 30
+        try:
+            return getattr(self.sockets, method)(request, metadata=self.metadata, timeout=deadline)
+        except grpc.RpcError as error:
+            raise ConnectionError(f"sockd at {self.endpoint}: {method} failed: {error.code().name}: "
+                                  f"{error.details()}") from None
+
+    def info(self, method: str):
+        """Call a Netinfo method (ListInterfaces, ListRoutes, ListSockets, GetCounters)."""
+        try:
+            return getattr(self.netinfo, method)(sockets_pb2.ListRequest(), metadata=self.metadata, timeout=30)
+        except grpc.RpcError as error:
+            raise ConnectionError(f"sockd at {self.endpoint}: {method} failed: {error.code().name}: "
+                                  f"{error.details()}") from None
+
+    def close(self) -> None:
+        """End the session, so sockd closes its sockets, and close the channel."""
+        self._session_call.cancel()
+        self._channel.close()
+        self._closed.set()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

@@ -1,0 +1,282 @@
+"""Sandbox and none modes: forward the Sockets and Netinfo calls to stackd.
+
+sockd holds one session with stackd and sends its id with every forwarded
+call. It keeps its own client sessions in front of it: it records which
+descriptors each client created and answers EBADF for any other. When
+stackd goes away, calls get ENETDOWN and the health status is NOT_SERVING
+while sockd reconnects with backoff.
+"""
+
+import asyncio
+import errno
+import logging
+import select
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from sandnet.v1 import sockets_pb2, sockets_pb2_grpc
+from sandnet_common.endpoint import Endpoint
+from sandnet_common.server import insecure_channel
+from sandnet_sockd import addresses
+from sandnet_sockd.sessions import SESSION_METADATA, SessionTable
+
+BACKOFF_FIRST_SECONDS = 0.1
+BACKOFF_MAX_SECONDS = 5.0
+
+
+class StackUnavailableError(RuntimeError):
+    """stackd did not answer its health check in time."""
+
+
+class StackLink:
+    """sockd's connection and session with stackd, kept up with reconnects."""
+
+    def __init__(self, endpoint: Endpoint, log: logging.Logger,
+                 on_change: Callable[[bool], Awaitable[None]], on_lost: Callable[[], None]):
+        self.endpoint = endpoint
+        self.log = log
+        self.on_change = on_change
+        self.on_lost = on_lost
+        self.channel = insecure_channel(endpoint)
+        self.sockets = sockets_pb2_grpc.SocketsStub(self.channel)
+        self.netinfo = sockets_pb2_grpc.NetinfoStub(self.channel)
+        self.metadata: tuple[tuple[str, str], ...] = ()
+        self.up = False
+
+    async def probe(self, wait_seconds: float) -> None:
+        """Wait up to ``wait_seconds`` for stackd to report SERVING; raise StackUnavailableError if not."""
+        health = health_pb2_grpc.HealthStub(self.channel)
+        try:
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=wait_seconds,
+                                       wait_for_ready=True)
+        except grpc.aio.AioRpcError as error:
+            raise StackUnavailableError(
+                f"stackd is not reachable at {self.endpoint} ({error.code().name} after {wait_seconds:g} s): "
+                "start sandnet-stackd there or pass its address with --stack"
+            ) from None
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
+            raise StackUnavailableError(
+                f"stackd at {self.endpoint} reports {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}: "
+                "wait until it serves, then start sockd again"
+            )
+
+    async def run(self) -> None:
+        """Hold a session with stackd; when it ends, mark the link down and reconnect with backoff."""
+        backoff = BACKOFF_FIRST_SECONDS
+        attempt = 0
+        while True:
+            attempt += 1
+            call = self.sockets.Session(sockets_pb2.SessionRequest(client="sandnet-sockd"))
+            try:
+                event = await call.read()
+                if event is grpc.aio.EOF:
+                    raise ConnectionError("stackd ended the session stream before sending a session id")
+                self.metadata = ((SESSION_METADATA, event.session),)
+                await self._set_up(True)
+                self.log.info("stackd session %s open at %s", event.session, self.endpoint)
+                backoff = BACKOFF_FIRST_SECONDS
+                attempt = 0
+                while await call.read() is not grpc.aio.EOF:
+                    pass
+                self.log.warning("stackd at %s ended the session stream", self.endpoint)
+            except grpc.aio.AioRpcError as error:
+                self.log.warning("stackd session at %s failed: %s: %s", self.endpoint, error.code().name,
+                                 error.details())
+            except ConnectionError as error:
+                self.log.warning("stackd session at %s failed: %s", self.endpoint, error)
+            finally:
+                call.cancel()
+
+            if self.up:
+                await self._set_up(False)
+                self.on_lost()
+            self.log.info("retrying the stackd session at %s in %.1f s (attempt %d)", self.endpoint, backoff,
+                          attempt + 1)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
+
+    async def _set_up(self, up: bool) -> None:
+        self.up = up
+        await self.on_change(up)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+class ForwardSockets(sockets_pb2_grpc.SocketsServicer):
+    """The Sockets service forwarded to stackd, with per-session ownership.
+
+    In none mode (``loopback_only``), Connect and Send to an address outside
+    127.0.0.0/8 and ::1 get ENETUNREACH without asking stackd.
+    """
+
+    def __init__(self, link: StackLink, log: logging.Logger, loopback_only: bool):
+        self.link = link
+        self.log = log
+        self.loopback_only = loopback_only
+        self.sessions = SessionTable()
+        # Family of each socket, for the loopback check of none mode.
+        self.families: dict[int, int] = {}
+        self._cleanups: set[asyncio.Task] = set()
+
+    def forget_all_fds(self) -> None:
+        """Drop every recorded descriptor, because stackd lost them with its session."""
+        self.sessions.forget_all_fds()
+        self.families.clear()
+
+    async def Session(self, request, context) -> AsyncIterator[sockets_pb2.SessionEvent]:
+        session = self.sessions.open(request.client)
+        self.log.info("session %s opened by client %r", session.id, request.client)
+        try:
+            yield sockets_pb2.SessionEvent(session=session.id)
+            await asyncio.Event().wait()
+        finally:
+            fds = self.sessions.close(session.id)
+            # The close calls must finish even though this task is being
+            # cancelled, so they run in a task of their own.
+            cleanup = asyncio.ensure_future(self._close_on_stack(session.id, fds))
+            self._cleanups.add(cleanup)
+            cleanup.add_done_callback(self._cleanups.discard)
+
+    async def _close_on_stack(self, session_id: str, fds: set[int]) -> None:
+        for fd in fds:
+            self.families.pop(fd, None)
+            reply = await self._forward("Close", sockets_pb2.FdRequest(fd=fd), sockets_pb2.Status)
+            if reply.errno:
+                self.log.warning("closing fd %d of ended session %s failed: errno %d", fd, session_id, reply.errno)
+        self.log.info("session %s closed, %d socket(s) closed with it", session_id, len(fds))
+
+    async def _forward(self, method: str, request, reply_type: type):
+        """Send one call to stackd; a lost stackd becomes ENETDOWN in the reply."""
+        if not self.link.up:
+            return reply_type(errno=errno.ENETDOWN)
+        try:
+            return await getattr(self.link.sockets, method)(request, metadata=self.link.metadata)
+        except grpc.aio.AioRpcError as error:
+            self.log.warning("%s on stackd failed: %s: %s", method, error.code().name, error.details())
+            return reply_type(errno=errno.ENETDOWN)
+
+    async def _owned(self, method: str, request, context, reply_type: type):
+        """Forward a call on ``request.fd`` if the caller's session owns it, else answer EBADF."""
+        session = await self.sessions.require(context)
+        if request.fd not in session.fds:
+            return reply_type(errno=errno.EBADF)
+        return await self._forward(method, request, reply_type)
+
+    def _unreachable(self, fd: int, addr) -> bool:
+        """Tell whether none mode forbids this destination."""
+        family = self.families.get(fd)
+        return self.loopback_only and family is not None and not addresses.is_loopback(family, addr)
+
+    async def Socket(self, request, context):
+        session = await self.sessions.require(context)
+        reply = await self._forward("Socket", request, sockets_pb2.SocketReply)
+        if reply.errno == 0:
+            session.fds.add(reply.fd)
+            self.families[reply.fd] = request.family
+        return reply
+
+    async def Accept(self, request, context):
+        session = await self.sessions.require(context)
+        if request.fd not in session.fds:
+            return sockets_pb2.AcceptReply(errno=errno.EBADF)
+        reply = await self._forward("Accept", request, sockets_pb2.AcceptReply)
+        if reply.errno == 0:
+            session.fds.add(reply.fd)
+            self.families[reply.fd] = self.families.get(request.fd, 0)
+        return reply
+
+    async def Close(self, request, context):
+        session = await self.sessions.require(context)
+        if request.fd not in session.fds:
+            return sockets_pb2.Status(errno=errno.EBADF)
+        reply = await self._forward("Close", request, sockets_pb2.Status)
+        if reply.errno in (0, errno.EBADF):
+            session.fds.discard(request.fd)
+            self.families.pop(request.fd, None)
+        return reply
+
+    async def Connect(self, request, context):
+        session = await self.sessions.require(context)
+        if request.fd not in session.fds:
+            return sockets_pb2.Status(errno=errno.EBADF)
+        if self._unreachable(request.fd, request.addr):
+            return sockets_pb2.Status(errno=errno.ENETUNREACH)
+        return await self._forward("Connect", request, sockets_pb2.Status)
+
+    async def Send(self, request, context):
+        session = await self.sessions.require(context)
+        if request.fd not in session.fds:
+            return sockets_pb2.SendReply(errno=errno.EBADF)
+        if request.HasField("addr") and self._unreachable(request.fd, request.addr):
+            return sockets_pb2.SendReply(errno=errno.ENETUNREACH)
+        return await self._forward("Send", request, sockets_pb2.SendReply)
+
+    async def Bind(self, request, context):
+        return await self._owned("Bind", request, context, sockets_pb2.Status)
+
+    async def Listen(self, request, context):
+        return await self._owned("Listen", request, context, sockets_pb2.Status)
+
+    async def Recv(self, request, context):
+        return await self._owned("Recv", request, context, sockets_pb2.RecvReply)
+
+    async def Shutdown(self, request, context):
+        return await self._owned("Shutdown", request, context, sockets_pb2.Status)
+
+    async def GetSockName(self, request, context):
+        return await self._owned("GetSockName", request, context, sockets_pb2.AddrReply)
+
+    async def GetPeerName(self, request, context):
+        return await self._owned("GetPeerName", request, context, sockets_pb2.AddrReply)
+
+    async def SetSockOpt(self, request, context):
+        return await self._owned("SetSockOpt", request, context, sockets_pb2.Status)
+
+    async def GetSockOpt(self, request, context):
+        return await self._owned("GetSockOpt", request, context, sockets_pb2.GetSockOptReply)
+
+    async def Poll(self, request, context):
+        """Forward the caller's own fds; report POLLNVAL for the others, as Linux does for closed fds."""
+        session = await self.sessions.require(context)
+        invalid = [sockets_pb2.PollFd(fd=entry.fd, events=select.POLLNVAL)
+                   for entry in request.fds if entry.fd not in session.fds]
+        owned = [entry for entry in request.fds if entry.fd in session.fds]
+        if not owned:
+            return sockets_pb2.PollReply(ready=invalid)
+
+        # Linux's poll returns at once when any descriptor is invalid.
+        timeout_ms = 0 if invalid else request.timeout_ms
+        reply = await self._forward("Poll", sockets_pb2.PollRequest(fds=owned, timeout_ms=timeout_ms),
+                                    sockets_pb2.PollReply)
+        reply.ready.extend(invalid)
+        return reply
+
+
+class ForwardNetinfo(sockets_pb2_grpc.NetinfoServicer):
+    """The Netinfo service forwarded to stackd; a lost stackd is a gRPC UNAVAILABLE."""
+
+    def __init__(self, link: StackLink):
+        self.link = link
+
+    async def _forward(self, method: str, request, context):
+        if not self.link.up:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"stackd at {self.link.endpoint} is not reachable")
+        try:
+            return await getattr(self.link.netinfo, method)(request, metadata=self.link.metadata)
+        except grpc.aio.AioRpcError as error:
+            await context.abort(error.code(), f"stackd at {self.link.endpoint}: {error.details()}")
+
+    async def ListInterfaces(self, request, context):
+        return await self._forward("ListInterfaces", request, context)
+
+    async def ListRoutes(self, request, context):
+        return await self._forward("ListRoutes", request, context)
+
+    async def ListSockets(self, request, context):
+        return await self._forward("ListSockets", request, context)
+
+    async def GetCounters(self, request, context):
+        return await self._forward("GetCounters", request, context)

@@ -1,0 +1,152 @@
+"""The stack's side of the linkd stream: fetch the device configuration,
+then move frames both ways in batches, reconnecting when linkd restarts.
+
+Established TCP connections survive a linkd restart: the interface stays
+attached while the stream is down, outgoing frames are dropped and
+counted meanwhile, and TCP retransmits them once frames flow again.
+"""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from sandnet.v1 import link_pb2, link_pb2_grpc
+from sandnet_common.endpoint import Endpoint
+from sandnet_common.server import insecure_channel
+from sandnet_stackd.interface import Address, Interface
+from sandnet_stackd.route import Route
+from sandnet_stackd.stack import Stack
+
+log = logging.getLogger("sandnet.stackd.link")
+
+NIC_INDEX = 2
+# Frames waiting for the stream beyond this bound are dropped (TCP retransmits).
+MAX_PENDING_FRAMES = 8192
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 5.0
+# virtio-net header flags that mean the device checked or will fill the checksum.
+CHECKSUM_TRUSTED = 0x1 | 0x2
+
+
+class LinkUnavailableError(RuntimeError):
+    """linkd did not answer at start."""
+
+
+def config_to_interface(config: link_pb2.LinkConfig) -> tuple[Interface, list[Route]]:
+    """Translate linkd's LinkConfig into the stack's interface and routes."""
+    device = config.interface
+    addresses = [Address(bytes(a.ip), a.prefix_len, bytes(a.broadcast), a.scope or "global")
+                 for a in device.addresses]
+    iface = Interface(index=NIC_INDEX, name=device.name, mtu=device.mtu or 1500, mac=bytes(device.mac),
+                      addresses=addresses)
+    routes = []
+    for r in config.routes:
+        family = r.family or (6 if len(r.dst) == 16 or len(r.gateway) == 16 else 4)
+        dst = bytes(r.dst) or bytes(4 if family == 4 else 16)
+        routes.append(Route(family=family, dst=dst, dst_len=r.dst_len, device=device.name,
+                            gateway=bytes(r.gateway), prefsrc=bytes(r.prefsrc), metric=r.metric,
+                            scope=r.scope or "global", protocol=r.protocol or "static"))
+    return iface, routes
+
+
+class LinkClient:
+    """Keeps one Frames stream to linkd open for the stack's Ethernet interface."""
+
+    def __init__(self, stack: Stack, endpoint: Endpoint, on_serving: Callable[[bool], Awaitable[None]]):
+        self.stack = stack
+        self.endpoint = endpoint
+        self._on_serving = on_serving
+        self._pending: list[bytes] = []
+        self._pending_ready = asyncio.Event()
+        self._connected = False
+        self.iface: Interface | None = None
+        self._malformed_logged = 0
+
+    def transmit(self, frame: bytes) -> None:
+        """Queue one frame for linkd; never blocks."""
+        if not self._connected or len(self._pending) >= MAX_PENDING_FRAMES:
+            self.stack.counters.link.OutDiscards += 1
+            return
+        self._pending.append(frame)
+        self._pending_ready.set()
+
+    async def start(self, timeout: float) -> None:
+        """Fetch the configuration and attach the interface; raise LinkUnavailableError on timeout."""
+        channel = insecure_channel(self.endpoint)
+        try:
+            stub = link_pb2_grpc.LinkStub(channel)
+            config = await stub.GetConfig(link_pb2.GetConfigRequest(), timeout=timeout, wait_for_ready=True)
+        except grpc.aio.AioRpcError as error:
+            raise LinkUnavailableError(
+                f"cannot reach linkd at {self.endpoint} ({error.code().name}: {error.details()}); "
+                "start sandnet-linkd first or fix --link") from None
+        finally:
+            await channel.close()
+        self.iface, routes = config_to_interface(config)
+        self.iface.transmit = self.transmit
+        self.stack.attach(self.iface, routes)
+
+    async def run(self) -> None:
+        """Stream frames until cancelled, reconnecting with backoff."""
+        delay = BACKOFF_FIRST
+        while True:
+            channel = insecure_channel(self.endpoint)
+            try:
+                await self._stream(channel)
+                log.warning("linkd closed the frame stream; reconnecting")
+            except grpc.aio.AioRpcError as error:
+                log.warning("frame stream to linkd at %s failed: %s %s; retrying in %.1f s",
+                            self.endpoint, error.code().name, error.details(), delay)
+            finally:
+                was_connected = self._connected
+                self._connected = False
+                self._pending.clear()
+                await self._on_serving(False)
+                await channel.close()
+            if was_connected:
+                delay = BACKOFF_FIRST
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _stream(self, channel: grpc.aio.Channel) -> None:
+        stub = link_pb2_grpc.LinkStub(channel)
+        await channel.channel_ready()
+        call = stub.Frames()
+        self._connected = True
+        log.info("frame stream to linkd at %s attached", self.endpoint)
+        self.stack.network.announce(self.iface)
+        await self._on_serving(True)
+        writer = asyncio.ensure_future(self._write_loop(call))
+        try:
+            while True:
+                batch = await call.read()
+                if batch is grpc.aio.EOF:
+                    return
+                self._receive(batch)
+        finally:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+
+    async def _write_loop(self, call) -> None:
+        while True:
+            await self._pending_ready.wait()
+            self._pending_ready.clear()
+            frames, self._pending = self._pending, []
+            if frames:
+                await call.write(link_pb2.FrameBatch(frames=[link_pb2.Frame(data=f) for f in frames]))
+
+    def _receive(self, batch: link_pb2.FrameBatch) -> None:
+        network = self.stack.network
+        iface = self.iface
+        for frame in batch.frames:
+            trusted = frame.HasField("gso") and bool(frame.gso.flags & CHECKSUM_TRUSTED)
+            try:
+                network.receive_frame(iface, frame.data, trusted)
+            except Exception:
+                # A frame must never stop the stack; count it and keep the first few tracebacks.
+                self.stack.counters.link.InTruncated += 1
+                if self._malformed_logged < 10:
+                    self._malformed_logged += 1
+                    log.exception("dropped a frame that raised while being processed (%d bytes)", len(frame.data))

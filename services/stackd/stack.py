@@ -1,0 +1,261 @@
+"""The stack: network layer, transport layers and the descriptor table.
+
+``Stack`` is the object the gRPC services call. It owns every socket of
+the sandbox, keyed by a descriptor number unique within this stackd, and
+the sessions that created them, so that a client that goes away leaves no
+socket behind.
+"""
+
+import asyncio
+import errno
+import itertools
+import logging
+import os
+import random
+
+from sandnet_stackd.counters import Counters
+from sandnet_stackd.header import icmp, ipv4
+from sandnet_stackd.interface import Address, Interface
+from sandnet_stackd.network import Network
+from sandnet_stackd.route import Route
+from sandnet_stackd.socket_dgram import DatagramLayer, DatagramSocket
+from sandnet_stackd.socket_tcp import TcpLayer, TcpSocket
+from sandnet_stackd.sockets import (
+    AF_INET, AF_INET6, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, POLLNVAL, SOCK_DGRAM, SOCK_STREAM,
+    PortSpace, SockAddr, Socket, SocketError, deadline_for, wait_any)
+from sandnet_stackd.tcp import IsnGenerator, TcpConfig
+
+log = logging.getLogger("sandnet.stackd")
+
+# ICMP destination-unreachable codes and the errno Linux reports for each
+# (net/ipv4/icmp.c icmp_err_convert).
+_UNREACH_ERRNO = {
+    icmp.CODE_NET_UNREACHABLE: errno.ENETUNREACH,
+    icmp.CODE_HOST_UNREACHABLE: errno.EHOSTUNREACH,
+    icmp.CODE_PROTOCOL_UNREACHABLE: errno.ENOPROTOOPT,
+    icmp.CODE_PORT_UNREACHABLE: errno.ECONNREFUSED,
+    icmp.CODE_FRAGMENTATION_NEEDED: errno.EMSGSIZE,
+}
+NEIGHBOR_TICK_SECONDS = 0.1
+
+
+class Stack:
+    """One sandbox's network stack on one asyncio loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, seed: int | None = None):
+        self.loop = loop
+        self.counters = Counters()
+        self.network = Network(loop.time, self.counters, loop.call_soon)
+        rng = random.Random(seed if seed is not None else int.from_bytes(os.urandom(8), "big"))
+        self._tcp_ports = PortSpace(rng)
+        self._udp_ports = PortSpace(rng)
+        self._ping_ids = PortSpace(rng)
+        self.tcp = TcpLayer(self.network, loop, IsnGenerator(os.urandom(16), loop.time), self._tcp_ports)
+        self.udp = DatagramLayer(self.network, self._udp_ports, ipv4.PROTO_UDP)
+        self.ping = DatagramLayer(self.network, self._ping_ids, ipv4.PROTO_ICMP)
+        self.network.register(ipv4.PROTO_UDP, self.udp.receive_udp)
+        self.network.echo_reply_handler = self.ping.receive_echo_reply
+        self.network.icmp_error_handler = self._icmp_error
+        self._sockets: dict[int, Socket] = {}
+        self._next_fd = itertools.count(3)
+        self._sessions: dict[str, set[int]] = {}
+        self._tick = loop.call_later(NEIGHBOR_TICK_SECONDS, self._on_tick)
+
+    def close(self) -> None:
+        """Stop timers and abort every socket."""
+        self._tick.cancel()
+        for fd in list(self._sockets):
+            self.close_socket(fd)
+
+    def _on_tick(self) -> None:
+        try:
+            self.network.on_timer()
+        finally:
+            self._tick = self.loop.call_later(NEIGHBOR_TICK_SECONDS, self._on_tick)
+
+    # Link configuration.
+
+    def attach(self, iface: Interface, routes: list[Route]) -> None:
+        """Attach the Ethernet interface that linkd serves."""
+        self.network.add_interface(iface, routes)
+        log.info("attached %s mac %s mtu %d addresses %s", iface.name, iface.mac.hex(":"), iface.mtu,
+                 ", ".join(f"{_ip(a.ip)}/{a.prefix_len}" for a in iface.addresses) or "none")
+
+    def detach(self, name: str) -> None:
+        self.network.remove_interface(name)
+
+    # Sessions and descriptors.
+
+    def open_session(self) -> str:
+        session = os.urandom(8).hex()
+        self._sessions[session] = set()
+        return session
+
+    def close_session(self, session: str) -> None:
+        fds = self._sessions.pop(session, set())
+        for fd in list(fds):
+            self.close_socket(fd)
+        if fds:
+            log.info("session %s ended; closed %d sockets", session, len(fds))
+
+    def _register(self, sock: Socket) -> Socket:
+        self._sockets[sock.fd] = sock
+        if sock.session in self._sessions:
+            self._sessions[sock.session].add(sock.fd)
+        return sock
+
+    def lookup(self, fd: int, session: str = "") -> Socket:
+        """Return the socket for ``fd``; EBADF when unknown or owned by another session."""
+        sock = self._sockets.get(fd)
+        if sock is None or (session and sock.session and sock.session != session):
+            raise SocketError(errno.EBADF, f"descriptor {fd} is not open")
+        return sock
+
+    def sockets(self) -> list[Socket]:
+        return list(self._sockets.values())
+
+    # Socket calls.
+
+    def socket(self, family: int, type_: int, protocol: int, session: str) -> int:
+        if family == AF_INET6:
+            raise SocketError(errno.EAFNOSUPPORT, "IPv6 sockets are not supported yet")
+        if family != AF_INET:
+            raise SocketError(errno.EAFNOSUPPORT, f"address family {family} is not supported")
+        fd = next(self._next_fd)
+        if type_ == SOCK_STREAM:
+            if protocol not in (0, IPPROTO_TCP):
+                raise SocketError(errno.EPROTONOSUPPORT, f"protocol {protocol} is not a stream protocol")
+            self._register(TcpSocket(fd, family, type_, IPPROTO_TCP, session, TcpConfig()))
+        elif type_ == SOCK_DGRAM:
+            if protocol not in (0, IPPROTO_UDP, IPPROTO_ICMP):
+                raise SocketError(errno.EPROTONOSUPPORT, f"protocol {protocol} is not a datagram protocol")
+            self._register(DatagramSocket(fd, family, type_, protocol or IPPROTO_UDP, session))
+        else:
+            raise SocketError(errno.ESOCKTNOSUPPORT if type_ in (3, 4, 5, 10) else errno.EINVAL,
+                              f"socket type {type_} is not supported")
+        return fd
+
+    def _layer(self, sock: Socket):
+        if isinstance(sock, TcpSocket):
+            return self.tcp
+        return self.ping if sock.protocol == IPPROTO_ICMP else self.udp
+
+    def bind(self, sock: Socket, addr: SockAddr) -> None:
+        self._layer(sock).bind(sock, addr)
+
+    def listen(self, sock: Socket, backlog: int) -> None:
+        if not isinstance(sock, TcpSocket):
+            raise SocketError(errno.EOPNOTSUPP, "listen needs a stream socket")
+        self.tcp.listen(sock, backlog)
+
+    async def accept(self, sock: Socket, timeout_ms: int) -> TcpSocket:
+        if not isinstance(sock, TcpSocket):
+            raise SocketError(errno.EOPNOTSUPP, "accept needs a stream socket")
+
+        def make_socket(config: TcpConfig) -> TcpSocket:
+            child = TcpSocket(next(self._next_fd), sock.family, sock.type, sock.protocol, sock.session, config)
+            return self._register(child)
+
+        return await self.tcp.accept(sock, deadline_for(timeout_ms), make_socket)
+
+    async def connect(self, sock: Socket, addr: SockAddr, timeout_ms: int) -> None:
+        if isinstance(sock, TcpSocket):
+            await self.tcp.connect(sock, addr, deadline_for(timeout_ms), nonblocking=timeout_ms == 0)
+        else:
+            self._layer(sock).connect(sock, addr)
+
+    async def send(self, sock: Socket, data: bytes, addr: SockAddr | None, timeout_ms: int) -> int:
+        if isinstance(sock, TcpSocket):
+            if addr is not None and sock.endpoint is None:
+                raise SocketError(errno.EPIPE if sock.closed else errno.ENOTCONN, "socket is not connected")
+            return await self.tcp.send(sock, data, deadline_for(timeout_ms))
+        return self._layer(sock).send(sock, data, addr)
+
+    async def recv(self, sock: Socket, max_bytes: int, flags: int, timeout_ms: int) -> tuple[bytes, SockAddr | None, int]:
+        if isinstance(sock, TcpSocket):
+            data = await self.tcp.recv(sock, max_bytes, flags, deadline_for(timeout_ms))
+            return data, None, 0
+        return await self._layer(sock).recv(sock, max_bytes, flags, deadline_for(timeout_ms))
+
+    def shutdown(self, sock: Socket, how: int) -> None:
+        if how not in (0, 1, 2):
+            raise SocketError(errno.EINVAL, f"shutdown how {how} is not SHUT_RD, SHUT_WR or SHUT_RDWR")
+        if isinstance(sock, TcpSocket):
+            self.tcp.shutdown(sock, how)
+            return
+        if sock.remote is None:
+            raise SocketError(errno.ENOTCONN, "socket is not connected")
+        if how in (0, 2):
+            sock.read_shut = True
+        sock.wake()
+
+    def close_socket(self, fd: int, session: str = "") -> None:
+        sock = self.lookup(fd, session)
+        del self._sockets[fd]
+        if sock.session in self._sessions:
+            self._sessions[sock.session].discard(fd)
+        self._layer(sock).close(sock)
+
+    async def poll(self, requests: list[tuple[int, int]], timeout_ms: int, session: str) -> list[tuple[int, int]]:
+        """Wait until one descriptor has a requested event, as poll(2) does."""
+        deadline = deadline_for(timeout_ms)
+        always = 0x8 | 0x10  # POLLERR | POLLHUP are reported unasked
+        while True:
+            ready, watched = [], []
+            for fd, events in requests:
+                try:
+                    sock = self.lookup(fd, session)
+                except SocketError:
+                    ready.append((fd, POLLNVAL))
+                    continue
+                revents = sock.poll() & (events | always)
+                if revents:
+                    ready.append((fd, revents))
+                watched.append(sock)
+            if ready or not watched:
+                return ready
+            if not await wait_any(watched, deadline):
+                return []
+
+    # ICMP errors for sockets.
+
+    def _icmp_error(self, header: ipv4.Ipv4Repr, message: icmp.IcmpRepr) -> None:
+        """Route an ICMP error to the socket whose datagram it quotes."""
+        quoted = bytes(message.payload)
+        if len(quoted) < 28 or quoted[0] >> 4 != 4:
+            self.counters.icmp.InErrors += 1
+            return
+        header_len = (quoted[0] & 0x0F) * 4
+        if len(quoted) < header_len + 8:
+            self.counters.icmp.InErrors += 1
+            return
+        protocol, src, dst = quoted[9], quoted[12:16], quoted[16:20]
+        sport = int.from_bytes(quoted[header_len:header_len + 2], "big")
+        dport = int.from_bytes(quoted[header_len + 2:header_len + 4], "big")
+        if not self.network.is_local(src):
+            self.counters.icmp.InErrors += 1
+            return
+        if message.type != icmp.TYPE_DEST_UNREACHABLE:
+            code = errno.EHOSTUNREACH
+        else:
+            code = _UNREACH_ERRNO.get(message.code, errno.EHOSTUNREACH)
+        if protocol == ipv4.PROTO_UDP:
+            self.udp.icmp_error(src, sport, dst, dport, code)
+        elif protocol == ipv4.PROTO_TCP and message.type == icmp.TYPE_DEST_UNREACHABLE \
+                and message.code in (icmp.CODE_PORT_UNREACHABLE, icmp.CODE_PROTOCOL_UNREACHABLE):
+            self.tcp.icmp_error(src, sport, dst, dport, code)
+
+    # Views for Netinfo.
+
+    def interfaces(self) -> list[Interface]:
+        return sorted(self.network.interfaces.values(), key=lambda iface: iface.index)
+
+    def routes(self) -> list[Route]:
+        return self.network.routes.routes()
+
+
+def _ip(ip: bytes) -> str:
+    return ".".join(str(b) for b in ip) if len(ip) == 4 else ip.hex()
+
+
+__all__ = ["Stack", "SocketError", "SockAddr", "Address", "Interface", "Route", "wait_any"]

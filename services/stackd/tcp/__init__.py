@@ -1,0 +1,13 @@
+"""TCP for stackd: the connection state machine and what it needs.
+
+Wire formats live in ``sandnet_stackd.header.tcp``; this package holds the
+protocol logic and does no I/O.
+"""
+
+from .config import TcpConfig
+from .connection import TcpConnection, reset_for_unexpected
+from .counters import TcpCounters
+from .isn import IsnGenerator
+from .state import State
+
+__all__ = ["IsnGenerator", "State", "TcpConfig", "TcpConnection", "TcpCounters", "reset_for_unexpected"]

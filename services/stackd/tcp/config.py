@@ -1,0 +1,29 @@
+"""Per-connection TCP settings that the socket layer sets."""
+
+import dataclasses
+
+
+@dataclasses.dataclass
+class TcpConfig:
+    """Socket options and Linux sysctl equivalents of one connection.
+
+    Buffer sizes are in bytes and already doubled the way Linux doubles
+    SO_RCVBUF and SO_SNDBUF. The receive buffer is the largest window this
+    side advertises; the window scale is chosen from it when the SYN is sent,
+    so raise it before connecting. Times are in seconds.
+    """
+
+    rcvbuf: int = 262144
+    sndbuf: int = 262144
+    nodelay: bool = False
+    keepalive: bool = False
+    keepidle: float = 7200.0      # tcp_keepalive_time
+    keepintvl: float = 75.0       # tcp_keepalive_intvl
+    keepcnt: int = 9              # tcp_keepalive_probes
+    syn_retries: int = 6          # tcp_syn_retries
+    synack_retries: int = 5       # tcp_synack_retries
+    retries2: int = 15            # tcp_retries2
+    fin_timeout: float = 60.0     # tcp_fin_timeout
+    time_wait: float = 60.0       # 2 * MSL with MSL = 30 s, TCP_TIMEWAIT_LEN in Linux
+    delayed_ack: float = 0.040    # TCP_DELACK_MIN in Linux
+    window_scaling: bool = True   # tcp_window_scaling

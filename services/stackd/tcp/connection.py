@@ -1,0 +1,957 @@
+"""One TCP connection: the RFC 9293 state machine with its timers.
+
+The connection does no I/O and reads no wall clock. The stack passes received
+segments to ``on_segment``, calls ``on_timer`` at ``next_deadline()``, and
+receives every segment to send through the ``output`` callback.
+
+Internally every sequence number is an unbounded offset: the send side counts
+from ISS (the SYN is offset 0) and the receive side from IRS. Offsets compare
+as plain integers; only ``_snd_offset``/``_rcv_offset`` and the ``_wire``
+helpers convert to and from 32-bit sequence numbers, which is where the
+modulo 2**32 arithmetic lives.
+"""
+
+import dataclasses
+import errno
+from collections.abc import Callable
+
+from ..header.tcp import ACK, FIN, PSH, RST, SYN, TcpRepr
+from .buffers import OutOfOrderQueue
+from .config import TcpConfig
+from .congestion import NewReno
+from .counters import TcpCounters
+from .rtt import MAX_RTO, RttEstimator
+from .state import State
+
+_MASK = 0xFFFFFFFF
+_MAX_WINDOW_FIELD = 0xFFFF
+_MAX_WINDOW_SCALE = 14          # RFC 7323 section 2.3
+# The window scale is sized for this receive buffer even when the configured
+# one is smaller, so that a buffer raised after the handshake still fits. A
+# shift of 7 matches what Linux offers with its default tcp_rmem.
+_WINDOW_SCALE_BUFFER = 1 << 22
+_DEFAULT_MSS_IPV4 = 536         # RFC 9293 section 3.7.1
+_DEFAULT_MSS_IPV6 = 1220        # RFC 8200 minimum MTU 1280 minus 60
+_MIN_SEND_MSS = 48              # Linux tcp_min_snd_mss
+
+# States in which queued data or a FIN may be (re)transmitted.
+_SENDING_STATES = frozenset({State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1,
+                             State.CLOSING, State.LAST_ACK})
+# States in which the peer may still send data.
+_RECEIVING_STATES = frozenset({State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2})
+_KEEPALIVE_STATES = frozenset({State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_2})
+
+
+def _seq_diff(a: int, b: int) -> int:
+    """Return a - b for 32-bit sequence numbers, as a signed value in [-2**31, 2**31)."""
+    return ((a - b + 0x80000000) & _MASK) - 0x80000000
+
+
+def reset_for_unexpected(seg: TcpRepr) -> TcpRepr | None:
+    """Build the RST that answers a segment for which no connection exists.
+
+    RFC 9293 section 3.10.7.1: an RST is never answered, so this returns None
+    for one. Without ACK the reset is <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>;
+    with ACK it is <SEQ=SEG.ACK><CTL=RST>. Ports are swapped.
+    """
+    if seg.flags & RST:
+        return None
+    if seg.flags & ACK:
+        return TcpRepr(src_port=seg.dst_port, dst_port=seg.src_port, seq=seg.ack, ack=0,
+                       flags=RST, window=0)
+    return TcpRepr(src_port=seg.dst_port, dst_port=seg.src_port, seq=0,
+                   ack=(seg.seq + seg.seg_len) & _MASK, flags=RST | ACK, window=0)
+
+
+class TcpConnection:
+    """A TCP connection between one local and one remote endpoint.
+
+    ``mss`` is the largest payload this side can receive (route MTU minus 40)
+    and also caps the segments it sends. ``output`` is called synchronously
+    for every segment to transmit, never after the connection is CLOSED.
+    ``notify`` is called after any change a socket waiter may care about and
+    must not call back into the connection. ``clock`` returns monotonic
+    seconds. ``config`` is copied, so later changes go through ``set_option``.
+    """
+
+    def __init__(self, *, local_ip: bytes, local_port: int, remote_ip: bytes, remote_port: int,
+                 iss: int, mss: int, config: TcpConfig, counters: TcpCounters,
+                 clock: Callable[[], float], output: Callable[[TcpRepr], None],
+                 notify: Callable[[], None]) -> None:
+        self.local_ip = local_ip
+        self.local_port = local_port
+        self.remote_ip = remote_ip
+        self.remote_port = remote_port
+        self._iss = iss & _MASK
+        self._mss = mss
+        self._config = dataclasses.replace(config)
+        self._counters = counters
+        self._clock = clock
+        self._output = output
+        self._notify = notify
+
+        self.state = State.CLOSED
+        self.error = 0
+        self.fin_received = False
+        self.established_once = False
+        self._finished = False
+        self._passive = False
+        self._app_closed = False
+
+        # Send side, offsets from ISS.
+        self._snd_una = 0
+        self._snd_nxt = 0
+        self._snd_max = 0
+        self._snd_wnd = 0
+        self._max_snd_wnd = 0
+        self._snd_wl1 = 0
+        self._snd_wl2 = 0
+        self._snd_wscale = 0
+        self._snd_sml = 0               # end of the last sub-MSS segment sent (Minshall's Nagle)
+        self._snd_buf = bytearray()     # unacknowledged and unsent data
+        self._snd_buf_start = 1         # offset of _snd_buf[0]; the SYN is offset 0
+        self._fin_queued = False
+        self._snd_mss = max(min(self._default_peer_mss(), mss), _MIN_SEND_MSS)
+        self._window_scale_offer: int | None = None
+
+        # Receive side, offsets from IRS.
+        self._irs = 0
+        self._rcv_nxt = 0
+        self._rcv_adv = 0               # right edge of the window last advertised
+        self._rcv_wscale = 0
+        self._rcv_buf = bytearray()
+        self._rcv_mss = min(mss, _DEFAULT_MSS_IPV4)
+        self._out_of_order = OutOfOrderQueue()
+        self._out_of_order_fin: int | None = None
+        self._unacked_bytes = 0         # in-order bytes received since our last ACK
+
+        # Timers: absolute clock() deadlines, None when stopped.
+        self._rto_deadline: float | None = None
+        self._persist_deadline: float | None = None
+        self._delack_deadline: float | None = None
+        self._keepalive_deadline: float | None = None
+        self._close_deadline: float | None = None    # TIME_WAIT or FIN_WAIT_2 timeout
+        self._retries = 0
+        self._persist_probes = 0        # unanswered window probes
+        self._persist_backoff = 0       # doublings of the probe interval while the window stays zero
+        self._keepalive_probes = 0
+        self._last_received = clock()
+
+        self._rtt = RttEstimator()
+        self._rtt_seq: int | None = None    # offset whose ACK ends the RTT measurement
+        self._rtt_start = 0.0
+        self._congestion = NewReno(self._snd_mss)
+
+    # Status read by the socket layer.
+
+    @property
+    def readable_bytes(self) -> int:
+        """In-order bytes ready for ``recv``."""
+        return len(self._rcv_buf)
+
+    @property
+    def send_space(self) -> int:
+        """Free bytes in the send buffer."""
+        return max(self._config.sndbuf - len(self._snd_buf), 0)
+
+    @property
+    def send_queue_bytes(self) -> int:
+        """Unacknowledged plus unsent bytes, as ss(8) shows in Send-Q."""
+        return len(self._snd_buf)
+
+    @property
+    def can_send(self) -> bool:
+        """Whether the state allows ``send``: ESTABLISHED or CLOSE_WAIT and not shut down."""
+        return self.state in (State.ESTABLISHED, State.CLOSE_WAIT) and not self._fin_queued
+
+    @property
+    def is_finished(self) -> bool:
+        """Whether the connection is CLOSED with nothing left to do, so the stack may drop it."""
+        return self._finished
+
+    @property
+    def snd_mss(self) -> int:
+        """Largest payload sent per segment: min(peer MSS, local MSS)."""
+        return self._snd_mss
+
+    @property
+    def window_scales(self) -> tuple[int, int]:
+        """Negotiated (send, receive) window shift counts; (0, 0) without RFC 7323 scaling."""
+        return self._snd_wscale, self._rcv_wscale
+
+    @property
+    def rto(self) -> float:
+        """Current retransmission timeout in seconds, backoff included."""
+        return self._rtt.rto
+
+    @property
+    def cwnd(self) -> int:
+        """Congestion window in bytes."""
+        return self._congestion.cwnd
+
+    # Opening.
+
+    def connect(self) -> None:
+        """Start an active open: CLOSED -> SYN_SENT, sending a SYN with MSS and window scale."""
+        self._require_fresh("connect")
+        if self._config.window_scaling:
+            self._window_scale_offer = self._choose_window_scale()
+        self._set_state(State.SYN_SENT)
+        self._counters.ActiveOpens += 1
+        self._send_syn()
+        self._snd_nxt = self._snd_max = 1
+        self._start_rtt(1)
+        self._arm_rto()
+
+    def accept_syn(self, syn: TcpRepr) -> None:
+        """Start a passive open from a listener's SYN: CLOSED -> SYN_RECEIVED, sending a SYN-ACK."""
+        self._require_fresh("accept_syn")
+        self._counters.InSegs += 1
+        self._passive = True
+        if self._config.window_scaling and syn.window_scale is not None:
+            self._window_scale_offer = self._choose_window_scale()
+        self._receive_syn(syn)
+        self._snd_wnd = syn.window
+        self._max_snd_wnd = syn.window
+        self._set_state(State.SYN_RECEIVED)
+        self._send_syn()
+        self._snd_nxt = self._snd_max = 1
+        self._start_rtt(1)
+        self._arm_rto()
+
+    def _require_fresh(self, operation: str) -> None:
+        if self.state is not State.CLOSED or self._finished:
+            raise RuntimeError(f"TCP {operation} on a connection in state {self.state.name}; "
+                               "create a new TcpConnection")
+
+    def _choose_window_scale(self) -> int:
+        needed = max(self._config.rcvbuf, _WINDOW_SCALE_BUFFER)
+        shift = 0
+        while shift < _MAX_WINDOW_SCALE and _MAX_WINDOW_FIELD << shift < needed:
+            shift += 1
+        return shift
+
+    def _default_peer_mss(self) -> int:
+        return _DEFAULT_MSS_IPV6 if len(self.remote_ip) == 16 else _DEFAULT_MSS_IPV4
+
+    def _receive_syn(self, syn: TcpRepr) -> None:
+        """Record IRS and negotiate MSS and window scale from the peer's SYN."""
+        self._irs = syn.seq
+        self._rcv_nxt = 1
+        self._rcv_adv = 1 + min(self._config.rcvbuf, _MAX_WINDOW_FIELD)
+
+        peer_mss = syn.mss if syn.mss else self._default_peer_mss()
+        self._snd_mss = max(min(peer_mss, self._mss), _MIN_SEND_MSS)
+        self._congestion = NewReno(self._snd_mss)
+
+        # RFC 7323 section 2.2: scaling applies only when both SYNs carry the option.
+        if self._window_scale_offer is not None and syn.window_scale is not None:
+            self._snd_wscale = min(syn.window_scale, _MAX_WINDOW_SCALE)
+            self._rcv_wscale = self._window_scale_offer
+        else:
+            self._snd_wscale = 0
+            self._rcv_wscale = 0
+
+    # Receiving segments.
+
+    def on_segment(self, seg: TcpRepr) -> None:
+        """Process a segment received for this connection (RFC 9293 section 3.10.7)."""
+        if self.state in (State.CLOSED, State.LISTEN):
+            return
+        self._counters.InSegs += 1
+        self._last_received = self._clock()
+        self._keepalive_probes = 0
+        self._persist_probes = 0
+
+        if self.state is State.SYN_SENT:
+            self._on_segment_syn_sent(seg)
+        else:
+            self._on_segment_synchronized(seg)
+        self._notify()
+
+    def _on_segment_syn_sent(self, seg: TcpRepr) -> None:
+        """RFC 9293 section 3.10.7.3."""
+        ack = None
+        if seg.flags & ACK:
+            ack = self._snd_offset(seg.ack)
+            if ack <= 0 or ack > self._snd_max:
+                if not seg.flags & RST:
+                    self._emit_reset(seq_wire=seg.ack, ack=False)
+                return
+
+        if seg.flags & RST:
+            if ack is not None:
+                self._reset_by_peer()
+            return
+        if not seg.flags & SYN:
+            return
+
+        self._receive_syn(seg)
+        self._snd_wnd = seg.window          # RFC 7323: the window of a SYN is never scaled
+        self._max_snd_wnd = seg.window
+        self._snd_wl1 = 0
+        if ack is None:
+            # Simultaneous open (RFC 9293 figure 7): answer with SYN-ACK on the same ISS.
+            self._set_state(State.SYN_RECEIVED)
+            self._send_syn()
+            return
+
+        self._snd_wl2 = ack
+        self._acknowledge(ack)
+        self._enter_established()
+        self._push()
+        self._send_ack()
+
+    def _on_segment_synchronized(self, seg: TcpRepr) -> None:
+        """RFC 9293 section 3.10.7.4, for every state after SYN_SENT."""
+        flags = seg.flags
+        seq = self._rcv_offset(seg.seq)
+
+        if self.state is State.SYN_RECEIVED and flags & SYN and not flags & ACK and seq == 0:
+            # The peer did not get our SYN-ACK and retransmitted its SYN.
+            self._send_syn()
+            return
+
+        # First: the sequence number must fall in the receive window.
+        if not self._is_acceptable(seq, seg):
+            if not flags & RST:
+                if self.state is State.TIME_WAIT and flags & FIN:
+                    self._close_deadline = self._clock() + self._config.time_wait
+                self._send_ack()
+            return
+
+        # Second: RST, accepted only at exactly RCV.NXT (RFC 5961 section 3.2).
+        if flags & RST:
+            if seq == self._rcv_nxt:
+                self._reset_by_peer()
+            else:
+                self._send_challenge_ack()
+            return
+
+        # Fourth: a SYN in a synchronized state gets a challenge ACK (RFC 5961 section 4).
+        if flags & SYN:
+            self._send_challenge_ack()
+            return
+
+        # Fifth: the ACK field.
+        if not flags & ACK:
+            return
+        if not self._process_ack(seg, seq):
+            return
+        if self.state is State.CLOSED:
+            return
+
+        # Seventh and eighth: segment text and FIN.
+        if seg.payload or flags & FIN:
+            self._process_data(seg, seq)
+            if self.state is State.CLOSED:
+                return
+
+        self._push()
+        if self._unacked_bytes >= 2 * self._rcv_mss:
+            self._send_ack()
+        elif self._unacked_bytes and self._delack_deadline is None:
+            self._delack_deadline = self._clock() + self._config.delayed_ack
+
+    def _is_acceptable(self, seq: int, seg: TcpRepr) -> bool:
+        """The segment acceptability test of RFC 9293 section 3.10.7.4."""
+        window = max(self._rcv_adv - self._rcv_nxt, 0)
+        length = len(seg.payload)
+        if length == 0:
+            # A bare FIN at RCV.NXT is taken even with a zero window, as Linux does.
+            return self._rcv_nxt <= seq <= self._rcv_nxt + window
+        if window == 0:
+            return False
+        right = self._rcv_nxt + window
+        return self._rcv_nxt <= seq < right or self._rcv_nxt <= seq + length - 1 < right
+
+    def _process_ack(self, seg: TcpRepr, seq: int) -> bool:
+        """Apply the ACK field; return False when the segment must be dropped."""
+        ack = self._snd_offset(seg.ack)
+
+        if self.state is State.SYN_RECEIVED:
+            if not self._snd_una < ack <= self._snd_max:
+                self._emit_reset(seq_wire=seg.ack, ack=False)
+                return False
+            self._snd_wnd = seg.window << self._snd_wscale
+            self._snd_wl1 = seq
+            self._snd_wl2 = ack
+            self._acknowledge(ack)
+            if self._passive:
+                self._counters.PassiveOpens += 1
+            self._enter_established()
+            return True
+
+        if ack > self._snd_max:
+            # RFC 9293: an ACK for data not yet sent is answered with an ACK and dropped.
+            self._send_ack()
+            return False
+        if ack < self._snd_una - max(self._max_snd_wnd, 1):
+            # RFC 5961 section 5.2: too old to be from this connection's window.
+            self._send_challenge_ack()
+            return False
+
+        window = seg.window << self._snd_wscale
+        if ack > self._snd_una:
+            self._acknowledge(ack)
+        elif (ack == self._snd_una and not seg.payload and not seg.flags & FIN
+              and window == self._snd_wnd and self._snd_max > self._snd_una):
+            # RFC 5681 section 2 duplicate ACK.
+            flight = self._snd_max - self._snd_una
+            if self._congestion.on_duplicate_ack(self._snd_una, self._snd_max, flight):
+                self._counters.TCPFastRetrans += 1
+                self._retransmit_head()
+
+        if self._snd_wl1 < seq or (self._snd_wl1 == seq and self._snd_wl2 <= ack):
+            self._snd_wnd = window
+            self._max_snd_wnd = max(self._max_snd_wnd, window)
+            self._snd_wl1 = seq
+            self._snd_wl2 = ack
+            if window:
+                self._persist_deadline = None
+                self._persist_backoff = 0
+        return True
+
+    def _acknowledge(self, ack: int) -> None:
+        """Advance SND.UNA to ``ack``: free acknowledged data, time, grow the window, follow a FIN."""
+        now = self._clock()
+        data_end = self._snd_buf_start + len(self._snd_buf)
+        data_acked = min(ack, data_end) - self._snd_buf_start
+        if data_acked > 0:
+            del self._snd_buf[:data_acked]
+            self._snd_buf_start += data_acked
+        acked_bytes = max(data_acked, 0)
+        self._snd_una = ack
+        self._snd_nxt = max(self._snd_nxt, ack)
+        self._retries = 0
+
+        if self._rtt_seq is not None and ack >= self._rtt_seq:
+            self._rtt.sample(now - self._rtt_start)
+            self._rtt_seq = None
+
+        if self._snd_una >= self._snd_max:
+            self._rto_deadline = None
+        else:
+            self._arm_rto(restart=True)
+
+        if acked_bytes and self.state is not State.SYN_SENT:
+            flight = self._snd_max - self._snd_una
+            if self._congestion.on_ack(acked_bytes, self._snd_una, flight):
+                self._retransmit_head()
+
+        if self._fin_queued and ack > data_end:
+            self._on_fin_acknowledged()
+
+    def _on_fin_acknowledged(self) -> None:
+        if self.state is State.FIN_WAIT_1:
+            self._set_state(State.FIN_WAIT_2)
+            if self._app_closed:
+                self._close_deadline = self._clock() + self._config.fin_timeout
+        elif self.state is State.CLOSING:
+            self._enter_time_wait()
+        elif self.state is State.LAST_ACK:
+            self._enter_closed()
+
+    def _process_data(self, seg: TcpRepr, seq: int) -> None:
+        """Queue in-window payload and handle the FIN (RFC 9293 section 3.10.7.4, steps 7 and 8)."""
+        if self.state not in _RECEIVING_STATES:
+            return
+
+        data = seg.payload
+        fin = bool(seg.flags & FIN)
+        start = seq
+        if start < self._rcv_nxt:
+            data = data[self._rcv_nxt - start:]
+            start = self._rcv_nxt
+        right = self._rcv_adv if self._rcv_adv > self._rcv_nxt else self._rcv_nxt
+        if start + len(data) > right:
+            data = data[:max(right - start, 0)]
+            fin = False
+
+        if data and self._app_closed:
+            # Linux resets a connection whose application closed it but still gets data.
+            self._counters.TCPAbortOnData += 1
+            self._emit_reset(seq_wire=self._snd_wire(self._snd_max), ack=True)
+            self._enter_closed()
+            return
+
+        ack_now = False
+        if data:
+            self._rcv_mss = max(self._rcv_mss, min(len(data), self._mss))
+            if start == self._rcv_nxt:
+                self._rcv_buf += data
+                self._rcv_nxt += len(data)
+                self._unacked_bytes += len(data)
+                if len(self._out_of_order):
+                    ack_now = True
+                    self._drain_out_of_order()
+            else:
+                self._counters.TCPOFOQueue += 1
+                self._out_of_order.add(start, data)
+                ack_now = True
+
+        if fin:
+            fin_at = start + len(data)
+            if fin_at == self._rcv_nxt:
+                self._receive_fin()
+            elif fin_at > self._rcv_nxt:
+                self._out_of_order_fin = fin_at
+            ack_now = True
+        elif self._out_of_order_fin == self._rcv_nxt:
+            self._receive_fin()
+            ack_now = True
+
+        if ack_now:
+            self._push()
+            self._send_ack()
+
+    def _drain_out_of_order(self) -> None:
+        while True:
+            chunk = self._out_of_order.pop_from(self._rcv_nxt)
+            if chunk is None:
+                return
+            self._rcv_buf += chunk
+            self._rcv_nxt += len(chunk)
+
+    def _receive_fin(self) -> None:
+        self._rcv_nxt += 1
+        self._out_of_order_fin = None
+        self.fin_received = True
+        if self.state is State.ESTABLISHED:
+            self._set_state(State.CLOSE_WAIT)
+        elif self.state is State.FIN_WAIT_1:
+            self._set_state(State.CLOSING)
+        elif self.state is State.FIN_WAIT_2:
+            self._enter_time_wait()
+
+    def _reset_by_peer(self) -> None:
+        """Close on an accepted RST with the errno Linux reports (tcp_reset in tcp_input.c)."""
+        if self.state is State.SYN_SENT or (self.state is State.SYN_RECEIVED and not self._passive):
+            self.error = errno.ECONNREFUSED
+        elif self.state is State.CLOSE_WAIT:
+            self.error = errno.EPIPE
+        elif self.state in (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2):
+            self.error = errno.ECONNRESET
+        self._enter_closed()
+
+    # Sending.
+
+    def send(self, data: bytes | memoryview) -> int:
+        """Queue as much of ``data`` as the send buffer holds and transmit what the windows allow.
+
+        Returns the number of bytes queued: 0 when the buffer is full or the
+        state does not allow sending (check ``can_send`` first).
+        """
+        if not self.can_send:
+            return 0
+        count = min(len(data), self.send_space)
+        if count <= 0:
+            return 0
+        self._snd_buf += memoryview(data)[:count]
+        self._push()
+        return count
+
+    def _push(self, force: bool = False) -> None:
+        """Transmit queued data and a queued FIN as far as the windows, Nagle and SWS avoidance allow.
+
+        ``force`` sends one segment past Nagle and sender SWS avoidance, for
+        the persist timer (RFC 9293 section 3.8.6.2.1 override timeout).
+        """
+        if self.state not in _SENDING_STATES:
+            return
+        mss = self._snd_mss
+        sent = False
+        while True:
+            data_end = self._snd_buf_start + len(self._snd_buf)
+            unsent = data_end - self._snd_nxt
+            fin_pending = self._fin_queued and self._snd_nxt <= data_end
+            if unsent <= 0 and not fin_pending:
+                break
+
+            if unsent > 0:
+                flight = self._snd_nxt - self._snd_una
+                usable = min(self._congestion.cwnd, self._snd_wnd) - flight
+                size = min(mss, unsent, usable)
+                if size <= 0:
+                    break
+                retransmitting = self._snd_nxt < self._snd_max
+                if size < mss and not retransmitting and not force:
+                    if size < unsent and size < self._max_snd_wnd // 2:
+                        break       # Sender SWS avoidance: wait for the window to open.
+                    if (size == unsent and not self._fin_queued and not self._config.nodelay
+                            and self._snd_una < self._snd_sml <= self._snd_max):
+                        break       # Nagle (Minshall's variant, as Linux): one small segment in flight.
+                fin = self._fin_queued and size == unsent
+            else:
+                size = 0
+                fin = True
+
+            self._send_data(self._snd_nxt, size, fin)
+            if 0 < size < mss:
+                self._snd_sml = self._snd_nxt + size
+            self._snd_nxt += size + fin
+            sent = True
+            if force:
+                break
+
+        if sent:
+            self._persist_deadline = None
+            self._arm_rto()
+        elif (self._snd_max == self._snd_una and self._snd_buf_start + len(self._snd_buf) > self._snd_nxt
+              and self._persist_deadline is None):
+            self._arm_persist()
+
+    def _send_data(self, start: int, size: int, fin: bool) -> None:
+        """Send ``size`` buffered bytes from offset ``start``, with FIN if ``fin``."""
+        index = start - self._snd_buf_start
+        payload = bytes(memoryview(self._snd_buf)[index:index + size]) if size else b""
+        flags = ACK
+        if size and index + size == len(self._snd_buf):
+            flags |= PSH
+        if fin:
+            flags |= FIN
+
+        end = start + size + fin
+        if start < self._snd_max:
+            self._counters.RetransSegs += 1
+            self._rtt_seq = None        # Karn's rule: no RTT sample across a retransmission.
+        elif self._rtt_seq is None:
+            self._start_rtt(end)
+        self._snd_max = max(self._snd_max, end)
+        self._emit(self._snd_wire(start), flags, payload)
+
+    def _retransmit_head(self) -> None:
+        """Retransmit the first unacknowledged segment, whatever the windows."""
+        data_end = self._snd_buf_start + len(self._snd_buf)
+        size = max(min(self._snd_mss, data_end - self._snd_una), 0)
+        fin = self._fin_queued and self._snd_una + size == data_end
+        if size == 0 and not fin:
+            return
+        self._send_data(self._snd_una, size, fin)
+        self._snd_nxt = max(self._snd_nxt, self._snd_una + size + fin)
+
+    def _send_syn(self) -> None:
+        """Send our SYN, or SYN-ACK once the peer's SYN is known."""
+        synchronized = self.state is State.SYN_RECEIVED
+        self._emit(self._snd_wire(0), SYN | ACK if synchronized else SYN, b"",
+                   window=min(self._config.rcvbuf, _MAX_WINDOW_FIELD), mss=self._mss,
+                   window_scale=self._window_scale_offer)
+
+    def _send_ack(self) -> None:
+        """Send a bare ACK; its sequence number is SND.MAX so that the peer never sees it as old."""
+        self._emit(self._snd_wire(self._snd_max), ACK, b"")
+
+    def _send_challenge_ack(self) -> None:
+        self._counters.TCPChallengeACK += 1
+        self._send_ack()
+
+    def _emit(self, seq_wire: int, flags: int, payload: bytes, *, window: int | None = None,
+              mss: int | None = None, window_scale: int | None = None) -> None:
+        """Hand one segment to ``output``; every segment but the first SYN carries ACK."""
+        if self.state is State.CLOSED:
+            return
+        if window is None:
+            window = self._window_field()
+        ack_wire = self._rcv_wire(self._rcv_nxt) if flags & ACK else 0
+        self._unacked_bytes = 0
+        self._delack_deadline = None
+        self._counters.OutSegs += 1
+        self._output(TcpRepr(src_port=self.local_port, dst_port=self.remote_port, seq=seq_wire,
+                             ack=ack_wire, flags=flags, window=window, mss=mss,
+                             window_scale=window_scale, payload=payload))
+
+    def _emit_reset(self, seq_wire: int, ack: bool) -> None:
+        self._counters.OutRsts += 1
+        self._counters.OutSegs += 1
+        self._output(TcpRepr(src_port=self.local_port, dst_port=self.remote_port, seq=seq_wire & _MASK,
+                             ack=self._rcv_wire(self._rcv_nxt) if ack else 0,
+                             flags=RST | ACK if ack else RST, window=0))
+
+    def _window_field(self) -> int:
+        """Return the scaled window to advertise, never shrinking the right edge.
+
+        The window opens only by at least min(rcvbuf / 2, MSS) at a time
+        (receiver SWS avoidance, RFC 9293 section 3.8.6.2.2).
+        """
+        shift = self._rcv_wscale
+        free = max(self._config.rcvbuf - len(self._rcv_buf), 0)
+        promised = max(self._rcv_adv - self._rcv_nxt, 0)
+        promised_field = -(-promised >> shift)      # Rounded up so the right edge never moves left.
+        threshold = min(self._config.rcvbuf // 2, self._mss)
+        field = promised_field
+        if free >= promised + threshold:
+            field = max(free >> shift, promised_field)
+        field = min(field, _MAX_WINDOW_FIELD)
+        self._rcv_adv = max(self._rcv_adv, self._rcv_nxt + (field << shift))
+        return field
+
+    # Application calls.
+
+    def recv(self, max_bytes: int, peek: bool = False) -> bytes:
+        """Return up to ``max_bytes`` in-order bytes, removing them unless ``peek``.
+
+        Sends a window update when reading doubles the window and opens it by at
+        least min(rcvbuf / 2, MSS).
+        """
+        count = min(max_bytes, len(self._rcv_buf))
+        if count <= 0:
+            return b""
+        data = bytes(memoryview(self._rcv_buf)[:count])
+        if not peek:
+            del self._rcv_buf[:count]
+            self._maybe_send_window_update()
+        return data
+
+    def _maybe_send_window_update(self) -> None:
+        if self.state not in _RECEIVING_STATES:
+            return
+        free = max(self._config.rcvbuf - len(self._rcv_buf), 0)
+        promised = max(self._rcv_adv - self._rcv_nxt, 0)
+        if free - promised >= min(self._config.rcvbuf // 2, self._mss) and free >= 2 * promised:
+            self._send_ack()
+
+    def shutdown_write(self) -> None:
+        """Queue a FIN after the pending data (half-close); later sends are refused."""
+        if self._fin_queued:
+            return
+        if self.state is State.SYN_SENT:
+            # Linux closes a connecting socket on shutdown(SHUT_WR) without sending anything.
+            self._enter_closed()
+            self._notify()
+            return
+        if self.state not in (State.SYN_RECEIVED, State.ESTABLISHED, State.CLOSE_WAIT):
+            return
+        self._fin_queued = True
+        if self.state is State.ESTABLISHED:
+            self._set_state(State.FIN_WAIT_1)
+        elif self.state is State.CLOSE_WAIT:
+            self._set_state(State.LAST_ACK)
+        self._push()
+        self._notify()
+
+    def close(self) -> None:
+        """Close for the application: FIN after pending data, or RST if unread data remains (as Linux)."""
+        self._app_closed = True
+        if self.state in (State.CLOSED, State.LISTEN, State.SYN_SENT):
+            self._enter_closed()
+            self._notify()
+            return
+        if self._rcv_buf and self.state.is_synchronized:
+            self._counters.TCPAbortOnClose += 1
+            self._emit_reset(seq_wire=self._snd_wire(self._snd_max), ack=True)
+            self._enter_closed()
+            self._notify()
+            return
+        if self.state is State.FIN_WAIT_2 and self._close_deadline is None:
+            self._close_deadline = self._clock() + self._config.fin_timeout
+        self.shutdown_write()
+        self._notify()
+
+    def abort(self) -> None:
+        """Send RST when synchronized and go CLOSED at once."""
+        if self.state.is_synchronized and self.state not in (State.CLOSED, State.TIME_WAIT):
+            self._emit_reset(seq_wire=self._snd_wire(self._snd_max), ack=True)
+        self._enter_closed()
+        self._notify()
+
+    def set_option(self, name: str, value) -> None:
+        """Set one TcpConfig field by name, for example "nodelay", "keepalive", "rcvbuf" or "sndbuf".
+
+        Raises ValueError for a name that is not a TcpConfig field.
+        """
+        names = {field.name for field in dataclasses.fields(TcpConfig)}
+        if name not in names:
+            raise ValueError(f"unknown TCP option {name!r}; expected one of {', '.join(sorted(names))}")
+        setattr(self._config, name, value)
+
+        if name == "nodelay" and value:
+            self._push()
+        elif name in ("keepalive", "keepidle"):
+            self._keepalive_deadline = None
+            self._arm_keepalive()
+        elif name == "rcvbuf":
+            self._maybe_send_window_update()
+        self._notify()
+
+    # Timers.
+
+    def next_deadline(self) -> float | None:
+        """Return the earliest pending timer deadline in clock() seconds, or None."""
+        deadlines = [deadline for deadline in (self._rto_deadline, self._persist_deadline,
+                                               self._delack_deadline, self._keepalive_deadline,
+                                               self._close_deadline) if deadline is not None]
+        return min(deadlines) if deadlines else None
+
+    def on_timer(self) -> None:
+        """Run every timer that has expired at clock()."""
+        if self.state is State.CLOSED:
+            return
+        now = self._clock()
+        if self._close_deadline is not None and now >= self._close_deadline:
+            self._enter_closed()
+            self._notify()
+            return
+        if self._rto_deadline is not None and now >= self._rto_deadline:
+            self._on_retransmission_timeout(now)
+        if self._persist_deadline is not None and now >= self._persist_deadline:
+            self._on_persist_timeout()
+        if self._delack_deadline is not None and now >= self._delack_deadline:
+            self._counters.DelayedACKs += 1
+            self._send_ack()
+        if self._keepalive_deadline is not None and now >= self._keepalive_deadline:
+            self._on_keepalive_timeout(now)
+        self._notify()
+
+    def _on_retransmission_timeout(self, now: float) -> None:
+        """RFC 6298 section 5.4 to 5.6, with Linux's retry limits."""
+        self._rto_deadline = None
+        self._counters.TCPTimeouts += 1
+        zero_window = self._snd_wnd == 0 and self.state.is_synchronized and self.state is not State.SYN_RECEIVED
+        if zero_window:
+            # The peer closed its window under data in flight. Retransmissions act
+            # as window probes and, as in Linux, do not count towards retries2
+            # while the peer answers within MAX_RTO.
+            if now - self._last_received > MAX_RTO:
+                self._give_up()
+                return
+        else:
+            limit = {State.SYN_SENT: self._config.syn_retries,
+                     State.SYN_RECEIVED: self._config.synack_retries}.get(self.state, self._config.retries2)
+            if self._retries >= limit:
+                self._give_up()
+                return
+            self._retries += 1
+
+        self._rtt.backoff()
+        self._rtt_seq = None
+        if self.state in (State.SYN_SENT, State.SYN_RECEIVED):
+            self._counters.TCPSynRetrans += 1
+            self._counters.RetransSegs += 1
+            self._send_syn()
+        else:
+            self._congestion.on_timeout(self._snd_max, self._snd_max - self._snd_una)
+            self._snd_nxt = self._snd_una
+            self._retransmit_head()
+        self._arm_rto()
+
+    def _give_up(self) -> None:
+        if self.state in (State.SYN_SENT, State.SYN_RECEIVED):
+            if not self._passive:
+                self.error = errno.ETIMEDOUT
+        else:
+            self._counters.TCPAbortOnTimeout += 1
+            self.error = errno.ETIMEDOUT
+        self._enter_closed()
+
+    def _on_persist_timeout(self) -> None:
+        """Send a window probe, or force one segment into a small window (RFC 9293 section 3.8.6.1)."""
+        self._persist_deadline = None
+        if self.state not in _SENDING_STATES:
+            return
+        if self._snd_wnd > 0:
+            self._push(force=True)
+            return
+
+        if self._persist_probes >= self._config.retries2:
+            self._give_up()
+            return
+        # Like Linux, probe with an empty segment one below SND.UNA: it is old,
+        # so the peer answers with an ACK carrying its current window.
+        self._counters.TCPWinProbe += 1
+        self._persist_probes += 1
+        self._persist_backoff += 1
+        self._emit(self._snd_wire(self._snd_una - 1), ACK, b"")
+        self._arm_persist()
+
+    def _on_keepalive_timeout(self, now: float) -> None:
+        """Probe an idle connection (Linux tcp_keepalive_timer)."""
+        self._keepalive_deadline = None
+        config = self._config
+        if not config.keepalive or self.state not in _KEEPALIVE_STATES:
+            return
+        if self._snd_max > self._snd_una or self._snd_buf_start + len(self._snd_buf) > self._snd_nxt:
+            # Data in flight has its own timers.
+            self._keepalive_deadline = now + config.keepidle
+            return
+
+        idle = now - self._last_received
+        if idle < config.keepidle and self._keepalive_probes == 0:
+            self._keepalive_deadline = self._last_received + config.keepidle
+            return
+        if self._keepalive_probes >= config.keepcnt:
+            self._give_up()
+            return
+        self._counters.TCPKeepAlive += 1
+        self._keepalive_probes += 1
+        self._emit(self._snd_wire(self._snd_una - 1), ACK, b"")
+        self._keepalive_deadline = now + config.keepintvl
+
+    def _arm_rto(self, restart: bool = False) -> None:
+        if self._rto_deadline is None or restart:
+            self._rto_deadline = self._clock() + self._rtt.rto
+
+    def _arm_persist(self) -> None:
+        interval = min(self._rtt.rto * (2 ** min(self._persist_backoff, 16)), MAX_RTO)
+        self._persist_deadline = self._clock() + interval
+
+    def _arm_keepalive(self) -> None:
+        if self._config.keepalive and self.state in _KEEPALIVE_STATES and self._keepalive_deadline is None:
+            self._keepalive_deadline = self._last_received + self._config.keepidle
+
+    def _start_rtt(self, end: int) -> None:
+        self._rtt_seq = end
+        self._rtt_start = self._clock()
+
+    # State changes.
+
+    def _set_state(self, new: State) -> None:
+        """Change state, keeping CurrEstab, EstabResets and AttemptFails as Linux's tcp_set_state does."""
+        old = self.state
+        counted = (State.ESTABLISHED, State.CLOSE_WAIT)
+        if old in counted and new not in counted:
+            self._counters.CurrEstab -= 1
+        if new in counted and old not in counted:
+            self._counters.CurrEstab += 1
+        if new is State.CLOSED:
+            if old in counted:
+                self._counters.EstabResets += 1
+            elif old in (State.SYN_SENT, State.SYN_RECEIVED):
+                self._counters.AttemptFails += 1
+        self.state = new
+
+    def _enter_established(self) -> None:
+        self.established_once = True
+        self._set_state(State.ESTABLISHED)
+        self._arm_keepalive()
+        if self._fin_queued:
+            self._set_state(State.FIN_WAIT_1)
+
+    def _enter_time_wait(self) -> None:
+        self._set_state(State.TIME_WAIT)
+        self._rto_deadline = None
+        self._persist_deadline = None
+        self._keepalive_deadline = None
+        self._close_deadline = self._clock() + self._config.time_wait
+
+    def _enter_closed(self) -> None:
+        self._set_state(State.CLOSED)
+        self._finished = True
+        self._rto_deadline = None
+        self._persist_deadline = None
+        self._delack_deadline = None
+        self._keepalive_deadline = None
+        self._close_deadline = None
+
+    # Sequence number conversion.
+
+    def _snd_wire(self, offset: int) -> int:
+        return (self._iss + offset) & _MASK
+
+    def _rcv_wire(self, offset: int) -> int:
+        return (self._irs + offset) & _MASK
+
+    def _snd_offset(self, seq: int) -> int:
+        return self._snd_una + _seq_diff(seq, self._snd_wire(self._snd_una))
+
+    def _rcv_offset(self, seq: int) -> int:
+        return self._rcv_nxt + _seq_diff(seq, self._rcv_wire(self._rcv_nxt))

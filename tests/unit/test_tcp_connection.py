@@ -1,0 +1,692 @@
+"""TcpConnection pairs wired back to back through a simulated lossy link, driven by a fake clock."""
+
+import errno
+import hashlib
+import heapq
+import random
+
+import pytest
+
+from sandnet_stackd.header import tcp as header
+from sandnet_stackd.tcp import State, TcpConfig, TcpConnection, TcpCounters, reset_for_unexpected
+
+IP_A = bytes([10, 0, 0, 1])
+IP_B = bytes([10, 0, 0, 2])
+PORT_A = 40000
+PORT_B = 80
+MSS = 1460
+LATENCY = 0.005
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Wire:
+    """A link between two connections that delays, drops, reorders and duplicates segments.
+
+    Segments go through the real header build and parse, checksum included.
+    ``log`` holds every (time, sender name, TcpRepr) sent; a ``filter`` may
+    return False to drop a segment.
+    """
+
+    def __init__(self, clock: FakeClock, seed: int = 1, loss: float = 0.0, reorder: float = 0.0,
+                 duplicate: float = 0.0) -> None:
+        self.clock = clock
+        self.random = random.Random(seed)
+        self.loss = loss
+        self.reorder = reorder
+        self.duplicate = duplicate
+        self.queue: list = []
+        self.counter = 0
+        self.log: list = []
+        self.filter = None
+        self.ends: dict = {}
+
+    def output_for(self, name: str):
+        def output(seg: header.TcpRepr) -> None:
+            self.log.append((self.clock.now, name, seg))
+            if self.filter is not None and not self.filter(name, seg):
+                return
+            if self.random.random() < self.loss:
+                return
+            src, dst = (IP_A, IP_B) if name == "a" else (IP_B, IP_A)
+            raw = header.build(seg, src, dst)
+            copies = 2 if self.random.random() < self.duplicate else 1
+            for _ in range(copies):
+                delay = LATENCY
+                if self.random.random() < self.reorder:
+                    delay += self.random.random() * 4 * LATENCY
+                self.counter += 1
+                heapq.heappush(self.queue, (self.clock.now + delay, self.counter, name, raw))
+        return output
+
+    def sent_by(self, name: str) -> list:
+        return [seg for _, sender, seg in self.log if sender == name]
+
+    def run(self, until=lambda: False, max_time: float = 600.0, app=None) -> None:
+        """Deliver segments and fire timers in time order until ``until()`` or ``max_time`` passes."""
+        end = self.clock.now + max_time
+        for _ in range(2_000_000):
+            if until():
+                return
+            candidates = []
+            if self.queue:
+                candidates.append(self.queue[0][0])
+            for connection in self.ends.values():
+                deadline = connection.next_deadline()
+                if deadline is not None and not connection.is_finished:
+                    candidates.append(deadline)
+            if not candidates:
+                return
+            when = min(candidates)
+            if when > end:
+                self.clock.now = end
+                return
+            self.clock.now = max(self.clock.now, when)
+
+            if self.queue and self.queue[0][0] <= self.clock.now:
+                _, _, name, raw = heapq.heappop(self.queue)
+                receiver_name = "b" if name == "a" else "a"
+                src, dst = (IP_A, IP_B) if name == "a" else (IP_B, IP_A)
+                receiver = self.ends[receiver_name]
+                receiver.on_segment(header.parse(raw, src, dst))
+            for connection in self.ends.values():
+                deadline = connection.next_deadline()
+                if deadline is not None and deadline <= self.clock.now:
+                    connection.on_timer()
+            if app is not None:
+                app()
+        raise AssertionError("wire loop did not settle")
+
+
+def make_connection(wire: Wire, name: str, config: TcpConfig | None = None, iss: int = 1000,
+                    counters: TcpCounters | None = None, mss: int = MSS) -> TcpConnection:
+    local_ip, remote_ip = (IP_A, IP_B) if name == "a" else (IP_B, IP_A)
+    local_port, remote_port = (PORT_A, PORT_B) if name == "a" else (PORT_B, PORT_A)
+    connection = TcpConnection(local_ip=local_ip, local_port=local_port, remote_ip=remote_ip,
+                               remote_port=remote_port, iss=iss, mss=mss, config=config or TcpConfig(),
+                               counters=counters or TcpCounters(), clock=wire.clock,
+                               output=wire.output_for(name), notify=lambda: None)
+    wire.ends[name] = connection
+    return connection
+
+
+class Pair:
+    """Client ``a`` and server ``b``; the server is created from the client's first SYN like a listener."""
+
+    def __init__(self, seed: int = 1, loss: float = 0.0, reorder: float = 0.0, duplicate: float = 0.0,
+                 client_config: TcpConfig | None = None, server_config: TcpConfig | None = None,
+                 client_iss: int = 1000, server_iss: int = 5000) -> None:
+        self.clock = FakeClock()
+        self.wire = Wire(self.clock, seed, loss, reorder, duplicate)
+        self.counters = TcpCounters()
+        self.server_config = server_config
+        self.server_iss = server_iss
+        self.a = make_connection(self.wire, "a", client_config, client_iss, self.counters)
+        self.b: TcpConnection | None = None
+        self.wire.ends["b"] = _Listener(self)
+
+    def open(self) -> None:
+        self.a.connect()
+        self.wire.run(lambda: self.a.state is State.ESTABLISHED and self.b is not None
+                      and self.b.state is State.ESTABLISHED, max_time=300)
+        assert self.a.state is State.ESTABLISHED
+        assert self.b.state is State.ESTABLISHED
+
+
+class _Listener:
+    """Stands in for the stack's listener: turns the first SYN into the server connection."""
+
+    def __init__(self, pair: Pair) -> None:
+        self.pair = pair
+        self.is_finished = False
+
+    def next_deadline(self):
+        return None
+
+    def on_segment(self, seg: header.TcpRepr) -> None:
+        if not seg.has(header.SYN) or seg.has(header.ACK):
+            return
+        pair = self.pair
+        pair.b = make_connection(pair.wire, "b", pair.server_config, pair.server_iss, pair.counters)
+        pair.b.accept_syn(seg)
+
+
+def transfer(pair: Pair, sender: TcpConnection, receiver: TcpConnection, data: bytes,
+             max_time: float = 600.0, chunk: int = 65536) -> bytes:
+    """Send ``data`` from ``sender`` and collect it at ``receiver``, as socket-layer code would."""
+    received = bytearray()
+    position = 0
+
+    def app() -> None:
+        nonlocal position
+        while position < len(data):
+            sent = sender.send(memoryview(data)[position:position + chunk])
+            if sent == 0:
+                break
+            position += sent
+        while receiver.readable_bytes:
+            received.extend(receiver.recv(chunk))
+
+    app()
+    pair.wire.run(lambda: len(received) >= len(data), max_time=max_time, app=app)
+    return bytes(received)
+
+
+def payload(size: int, seed: int = 7) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+# Opening.
+
+def test_handshake_active_and_passive():
+    pair = Pair()
+    pair.open()
+    assert pair.a.established_once
+    assert pair.b.established_once
+    assert pair.counters.ActiveOpens == 1
+    assert pair.counters.PassiveOpens == 1
+    assert pair.counters.CurrEstab == 2
+
+    syn = pair.wire.sent_by("a")[0]
+    assert syn.flags == header.SYN
+    assert syn.mss == MSS
+    assert syn.window_scale == 7
+    synack = pair.wire.sent_by("b")[0]
+    assert synack.flags == header.SYN | header.ACK
+    assert synack.ack == (syn.seq + 1) & 0xFFFFFFFF
+
+
+def test_simultaneous_open():
+    clock = FakeClock()
+    wire = Wire(clock)
+    a = make_connection(wire, "a", iss=111)
+    b = make_connection(wire, "b", iss=222)
+    a.connect()
+    b.connect()
+    wire.run(lambda: a.state is State.ESTABLISHED and b.state is State.ESTABLISHED, max_time=30)
+    assert a.state is State.ESTABLISHED
+    assert b.state is State.ESTABLISHED
+    assert a.window_scales == (7, 7)
+
+    a.send(b"ping")
+    wire.run(lambda: b.readable_bytes == 4, max_time=5)
+    assert b.recv(10) == b"ping"
+
+
+def test_window_scale_negotiated_only_when_both_offer():
+    pair = Pair()
+    pair.open()
+    assert pair.a.window_scales == (7, 7)
+    assert pair.b.window_scales == (7, 7)
+
+    pair = Pair(server_config=TcpConfig(window_scaling=False))
+    pair.open()
+    assert pair.wire.sent_by("b")[0].window_scale is None
+    assert pair.a.window_scales == (0, 0)
+    assert pair.b.window_scales == (0, 0)
+
+    pair = Pair(client_config=TcpConfig(window_scaling=False))
+    pair.open()
+    assert pair.wire.sent_by("a")[0].window_scale is None
+    assert pair.wire.sent_by("b")[0].window_scale is None
+    assert pair.a.window_scales == (0, 0)
+    assert pair.b.window_scales == (0, 0)
+
+
+def test_mss_is_minimum_of_both_sides():
+    clock = FakeClock()
+    wire = Wire(clock)
+    a = make_connection(wire, "a", mss=1000)
+    a.connect()
+    syn = wire.sent_by("a")[0]
+    b = make_connection(wire, "b", mss=1460)
+    b.accept_syn(syn)
+    assert b.snd_mss == 1000
+    wire.run(lambda: a.state is State.ESTABLISHED, max_time=5)
+    assert a.snd_mss == 1000
+
+
+def test_syn_retries_then_etimedout():
+    clock = FakeClock()
+    wire = Wire(clock)
+    wire.filter = lambda name, seg: False
+    counters = TcpCounters()
+    a = make_connection(wire, "a", counters=counters)
+    start = clock.now
+    a.connect()
+    wire.run(lambda: a.is_finished, max_time=1000)
+
+    syn_times = [when - start for when, name, seg in wire.log if name == "a"]
+    assert syn_times == [0, 1, 3, 7, 15, 31, 63]
+    assert clock.now - start == pytest.approx(127)
+    assert a.state is State.CLOSED
+    assert a.error == errno.ETIMEDOUT
+    assert counters.AttemptFails == 1
+
+
+def test_rst_to_syn_gives_econnrefused():
+    clock = FakeClock()
+    wire = Wire(clock)
+    a = make_connection(wire, "a")
+    a.connect()
+    syn = wire.sent_by("a")[0]
+    reply = reset_for_unexpected(syn)
+    assert reply.flags == header.RST | header.ACK
+    assert reply.src_port == PORT_B
+    assert reply.ack == (syn.seq + 1) & 0xFFFFFFFF
+
+    a.on_segment(reply)
+    assert a.state is State.CLOSED
+    assert a.error == errno.ECONNREFUSED
+    assert a.is_finished
+
+
+def test_rst_with_wrong_ack_in_syn_sent_ignored():
+    clock = FakeClock()
+    wire = Wire(clock)
+    a = make_connection(wire, "a")
+    a.connect()
+    syn = wire.sent_by("a")[0]
+    a.on_segment(header.TcpRepr(PORT_B, PORT_A, seq=0, ack=(syn.seq + 5) & 0xFFFFFFFF,
+                                flags=header.RST | header.ACK, window=0))
+    assert a.state is State.SYN_SENT
+
+
+def test_reset_for_unexpected_segments():
+    assert reset_for_unexpected(header.TcpRepr(1, 2, 3, 4, header.RST, 0)) is None
+    reply = reset_for_unexpected(header.TcpRepr(1, 2, seq=3, ack=99, flags=header.ACK, window=0))
+    assert reply.flags == header.RST
+    assert reply.seq == 99
+    assert (reply.src_port, reply.dst_port) == (2, 1)
+    reply = reset_for_unexpected(header.TcpRepr(1, 2, seq=0xFFFFFFFF, ack=0, flags=header.FIN, window=0,
+                                                payload=b"ab"))
+    assert reply.ack == 2
+    assert reply.seq == 0
+
+
+# Data transfer.
+
+def test_transfer_both_ways():
+    pair = Pair()
+    pair.open()
+    data = payload(3_000_000)
+    assert transfer(pair, pair.a, pair.b, data) == data
+    data = payload(3_000_000, seed=8)
+    assert transfer(pair, pair.b, pair.a, data) == data
+    assert pair.counters.RetransSegs == 0
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_transfer_under_loss_reorder_duplication(seed):
+    pair = Pair(seed=seed, loss=0.03, reorder=0.1, duplicate=0.02)
+    pair.open()
+    data = payload(2_000_000, seed=seed)
+    received = transfer(pair, pair.a, pair.b, data, max_time=3000)
+    assert hashlib.sha256(received).hexdigest() == hashlib.sha256(data).hexdigest()
+    data = payload(1_000_000, seed=seed + 10)
+    received = transfer(pair, pair.b, pair.a, data, max_time=3000)
+    assert hashlib.sha256(received).hexdigest() == hashlib.sha256(data).hexdigest()
+    assert pair.counters.RetransSegs > 0
+
+
+def test_sequence_wraparound():
+    pair = Pair(client_iss=0xFFFFFFFF - 20_000, server_iss=0xFFFFFFF0, loss=0.02, reorder=0.1, seed=4)
+    pair.open()
+    data = payload(500_000)
+    assert transfer(pair, pair.a, pair.b, data, max_time=3000) == data
+    assert transfer(pair, pair.b, pair.a, data, max_time=3000) == data
+    seqs = [seg.seq for seg in pair.wire.sent_by("a") if seg.payload]
+    assert min(seqs) < 100_000 < 0xFFFF0000 < max(seqs)
+
+
+def test_fast_retransmit_on_three_duplicate_acks():
+    pair = Pair()
+    pair.open()
+    dropped = []
+
+    def drop_first_data(name, seg):
+        if name == "a" and seg.payload and not dropped:
+            dropped.append(seg.seq)
+            return False
+        return True
+
+    pair.wire.filter = drop_first_data
+    data = payload(200_000)
+    assert transfer(pair, pair.a, pair.b, data) == data
+    assert pair.counters.TCPFastRetrans == 1
+    assert pair.counters.TCPTimeouts == 0
+
+
+def test_out_of_order_segments_reassembled():
+    pair = Pair()
+    pair.open()
+    b = pair.b
+    start = pair.wire.sent_by("a")[-1].seq
+    ack = pair.wire.sent_by("a")[-1].ack
+    second = header.TcpRepr(PORT_A, PORT_B, seq=(start + 3) & 0xFFFFFFFF, ack=ack, flags=header.ACK,
+                            window=1000, payload=b"def")
+    first = header.TcpRepr(PORT_A, PORT_B, seq=start, ack=ack, flags=header.ACK, window=1000, payload=b"abc")
+    before = len(pair.wire.sent_by("b"))
+    b.on_segment(second)
+    assert b.readable_bytes == 0
+    duplicate_ack = pair.wire.sent_by("b")[before]
+    assert duplicate_ack.ack == start
+    b.on_segment(first)
+    assert b.recv(10) == b"abcdef"
+    assert pair.wire.sent_by("b")[-1].ack == (start + 6) & 0xFFFFFFFF
+
+
+def test_out_of_window_segment_answered_with_ack_and_dropped():
+    pair = Pair()
+    pair.open()
+    b = pair.b
+    last = pair.wire.sent_by("a")[-1]
+    before = len(pair.wire.sent_by("b"))
+    far = header.TcpRepr(PORT_A, PORT_B, seq=(last.seq + 10_000_000) & 0xFFFFFFFF, ack=last.ack,
+                         flags=header.ACK, window=1000, payload=b"zzz")
+    b.on_segment(far)
+    old = header.TcpRepr(PORT_A, PORT_B, seq=(last.seq - 100) & 0xFFFFFFFF, ack=last.ack,
+                         flags=header.ACK, window=1000, payload=b"old")
+    b.on_segment(old)
+    replies = pair.wire.sent_by("b")[before:]
+    assert len(replies) == 2
+    assert all(reply.flags == header.ACK and reply.ack == last.seq for reply in replies)
+    assert b.readable_bytes == 0
+    assert b.state is State.ESTABLISHED
+
+
+def test_retransmission_timeout_backoff():
+    pair = Pair()
+    pair.open()
+    pair.wire.filter = lambda name, seg: name != "a"
+    start = pair.clock.now
+    pair.a.send(b"x" * 100)
+    pair.wire.run(lambda: pair.a.is_finished, max_time=3000)
+
+    times = [when - start for when, name, seg in pair.wire.log if name == "a" and seg.payload]
+    gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+    assert len(times) == 16
+    assert gaps[0] == pytest.approx(pair_rto_after_handshake(), rel=0.01)
+    for earlier, later in zip(gaps, gaps[1:]):
+        assert later == pytest.approx(min(2 * earlier, 120.0), rel=0.01)
+    assert pair.a.error == errno.ETIMEDOUT
+    assert pair.counters.TCPAbortOnTimeout == 1
+
+
+def pair_rto_after_handshake() -> float:
+    """RTO after one handshake sample of 2 * LATENCY: srtt + 4 * rttvar clamped to 200 ms."""
+    rtt = 2 * LATENCY
+    return max(rtt + 4 * rtt / 2, 0.2)
+
+
+def test_rst_in_established_gives_econnreset():
+    pair = Pair()
+    pair.open()
+    pair.b.abort()
+    pair.wire.run(lambda: pair.a.state is State.CLOSED, max_time=5)
+    assert pair.a.error == errno.ECONNRESET
+    assert pair.b.is_finished
+    assert pair.counters.EstabResets == 2
+    assert pair.counters.CurrEstab == 0
+
+
+def test_rst_not_at_rcv_nxt_gets_challenge_ack():
+    pair = Pair()
+    pair.open()
+    last = pair.wire.sent_by("b")[-1]
+    before = len(pair.wire.sent_by("a"))
+    pair.a.on_segment(header.TcpRepr(PORT_B, PORT_A, seq=(last.seq + 10) & 0xFFFFFFFF, ack=0,
+                                     flags=header.RST, window=0))
+    assert pair.a.state is State.ESTABLISHED
+    assert pair.counters.TCPChallengeACK == 1
+    assert pair.wire.sent_by("a")[before].flags == header.ACK
+
+
+# Closing.
+
+def test_half_close_then_data_the_other_way():
+    pair = Pair()
+    pair.open()
+    pair.a.send(b"request")
+    pair.a.shutdown_write()
+    assert not pair.a.can_send
+    pair.wire.run(lambda: pair.b.fin_received and pair.a.state is State.FIN_WAIT_2, max_time=5)
+    assert pair.b.recv(100) == b"request"
+    assert pair.b.state is State.CLOSE_WAIT
+    assert pair.a.state is State.FIN_WAIT_2
+
+    data = payload(300_000)
+    assert transfer(pair, pair.b, pair.a, data) == data
+    pair.b.close()
+    pair.wire.run(lambda: pair.b.is_finished, max_time=5)
+    assert pair.a.state is State.TIME_WAIT
+    assert pair.b.state is State.CLOSED
+
+
+def test_active_close_sequence_and_time_wait_expiry():
+    pair = Pair()
+    pair.open()
+    pair.a.close()
+    assert pair.a.state is State.FIN_WAIT_1
+    pair.wire.run(lambda: pair.b.state is State.CLOSE_WAIT and pair.a.state is State.FIN_WAIT_2, max_time=5)
+    assert pair.a.state is State.FIN_WAIT_2
+    pair.b.close()
+    assert pair.b.state is State.LAST_ACK
+    pair.wire.run(lambda: pair.b.is_finished, max_time=5)
+    assert pair.a.state is State.TIME_WAIT
+    entered = pair.clock.now
+
+    pair.wire.run(lambda: pair.a.is_finished, max_time=100)
+    assert pair.a.state is State.CLOSED
+    assert pair.clock.now - entered == pytest.approx(60, abs=0.1)
+    assert pair.a.error == 0
+    assert pair.b.error == 0
+
+
+def test_simultaneous_close_through_closing():
+    pair = Pair()
+    pair.open()
+    pair.a.close()
+    pair.b.close()
+    assert pair.a.state is State.FIN_WAIT_1
+    assert pair.b.state is State.FIN_WAIT_1
+    pair.wire.run(lambda: pair.a.state is State.CLOSING and pair.b.state is State.CLOSING, max_time=1)
+    pair.wire.run(lambda: pair.a.state is State.TIME_WAIT and pair.b.state is State.TIME_WAIT, max_time=5)
+    assert pair.a.state is State.TIME_WAIT
+    assert pair.b.state is State.TIME_WAIT
+    pair.wire.run(lambda: pair.a.is_finished and pair.b.is_finished, max_time=100)
+
+
+def test_fin_wait_2_timeout_after_close():
+    pair = Pair()
+    pair.open()
+    pair.a.close()
+    pair.wire.run(lambda: pair.a.state is State.FIN_WAIT_2, max_time=5)
+    entered = pair.clock.now
+    pair.wire.run(lambda: pair.a.is_finished, max_time=100)
+    assert pair.clock.now - entered == pytest.approx(60, abs=0.1)
+    assert pair.b.state is State.CLOSE_WAIT
+
+
+def test_time_wait_answers_retransmitted_fin():
+    pair = Pair()
+    pair.open()
+    pair.a.close()
+    pair.wire.run(lambda: pair.b.state is State.CLOSE_WAIT, max_time=5)
+    lost = []
+
+    def drop_first_ack(name, seg):
+        if name == "a" and seg.flags == header.ACK and not lost:
+            lost.append(seg)
+            return False
+        return True
+
+    pair.wire.filter = drop_first_ack
+    pair.b.close()
+    pair.wire.run(lambda: pair.a.state is State.TIME_WAIT, max_time=5)
+    pair.wire.run(lambda: pair.b.is_finished, max_time=30)
+    assert pair.b.state is State.CLOSED
+    fins = [seg for seg in pair.wire.sent_by("b") if seg.flags & header.FIN]
+    assert len(fins) == 2
+
+
+def test_close_with_unread_data_sends_rst():
+    pair = Pair()
+    pair.open()
+    pair.a.send(b"unread")
+    pair.wire.run(lambda: pair.b.readable_bytes == 6, max_time=5)
+    pair.b.close()
+    assert pair.wire.sent_by("b")[-1].flags & header.RST
+    assert pair.b.is_finished
+    pair.wire.run(lambda: pair.a.state is State.CLOSED, max_time=5)
+    assert pair.a.error == errno.ECONNRESET
+    assert pair.counters.TCPAbortOnClose == 1
+
+
+def test_data_after_close_sends_rst():
+    pair = Pair()
+    pair.open()
+    pair.b.close()
+    pair.wire.run(lambda: pair.b.state is State.FIN_WAIT_2, max_time=5)
+    pair.a.send(b"late")
+    pair.wire.run(lambda: pair.b.is_finished and pair.a.state is State.CLOSED, max_time=5)
+    assert pair.a.error == errno.EPIPE
+    assert pair.counters.TCPAbortOnData == 1
+
+
+# Flow control.
+
+def test_zero_window_persist_and_reopen():
+    config = TcpConfig(rcvbuf=20_000)
+    pair = Pair(server_config=config)
+    pair.open()
+    data = payload(60_000)
+    sent = pair.a.send(data)
+    pair.wire.run(max_time=1)
+    # Rounding to the window scale never shrinks the right edge, so a few bytes past rcvbuf fit.
+    assert 20_000 <= pair.b.readable_bytes < 20_000 + 1024
+    assert pair.wire.sent_by("b")[-1].window == 0
+
+    start = pair.clock.now
+    probes_before = pair.counters.TCPWinProbe
+    pair.wire.run(max_time=30)
+    probe_times = [when - start for when, name, seg in pair.wire.log
+                   if name == "a" and when > start and not seg.payload]
+    assert len(probe_times) >= 4
+    gaps = [later - earlier for earlier, later in zip(probe_times, probe_times[1:])]
+    for earlier, later in zip(gaps, gaps[1:]):
+        assert later == pytest.approx(min(2 * earlier, 120), rel=0.05)
+    assert pair.counters.TCPWinProbe - probes_before == len(probe_times)
+    assert pair.a.state is State.ESTABLISHED
+
+    received = bytearray(pair.b.recv(100_000))
+    position = sent
+
+    def app():
+        nonlocal position
+        position += pair.a.send(memoryview(data)[position:])
+        received.extend(pair.b.recv(100_000))
+
+    pair.wire.run(lambda: len(received) == len(data), max_time=300, app=app)
+    assert bytes(received) == data
+
+
+def test_window_limits_data_in_flight():
+    pair = Pair(server_config=TcpConfig(rcvbuf=8192, window_scaling=False))
+    pair.open()
+    pair.a.send(payload(50_000))
+    pair.wire.run(max_time=2)
+    assert pair.b.readable_bytes <= 8192 + MSS
+
+
+# Nagle and delayed ACK.
+
+def test_nagle_holds_second_small_segment():
+    pair = Pair()
+    pair.open()
+    before = len(pair.wire.sent_by("a"))
+    pair.a.send(b"a")
+    pair.a.send(b"b")
+    pair.a.send(b"c")
+    small = [seg for seg in pair.wire.sent_by("a")[before:] if seg.payload]
+    assert [bytes(seg.payload) for seg in small] == [b"a"]
+    pair.wire.run(lambda: pair.b.readable_bytes == 3, max_time=5)
+    assert pair.b.recv(10) == b"abc"
+
+
+def test_nodelay_sends_each_small_segment():
+    pair = Pair(client_config=TcpConfig(nodelay=True))
+    pair.open()
+    before = len(pair.wire.sent_by("a"))
+    for byte in b"abc":
+        pair.a.send(bytes([byte]))
+    small = [seg for seg in pair.wire.sent_by("a")[before:] if seg.payload]
+    assert [bytes(seg.payload) for seg in small] == [b"a", b"b", b"c"]
+
+
+def test_set_option_nodelay_flushes_and_rejects_unknown():
+    pair = Pair()
+    pair.open()
+    pair.a.send(b"a")
+    pair.a.send(b"b")
+    pair.a.set_option("nodelay", True)
+    assert bytes(pair.wire.sent_by("a")[-1].payload) == b"b"
+    with pytest.raises(ValueError, match="unknown TCP option 'bogus'"):
+        pair.a.set_option("bogus", 1)
+
+
+def test_delayed_ack_after_40_ms():
+    pair = Pair()
+    pair.open()
+    pair.a.send(b"one")
+    pair.wire.run(lambda: pair.b.readable_bytes == 3, max_time=1)
+    received = pair.clock.now
+    before = len(pair.wire.sent_by("b"))
+    assert pair.b.next_deadline() == pytest.approx(received + 0.040)
+    pair.wire.run(lambda: len(pair.wire.sent_by("b")) > before, max_time=1)
+    assert pair.clock.now - received == pytest.approx(0.040)
+    assert pair.counters.DelayedACKs == 1
+
+
+def test_ack_every_second_full_segment():
+    pair = Pair()
+    pair.open()
+    before = len(pair.wire.sent_by("b"))
+    pair.a.send(b"x" * (4 * MSS))
+    pair.wire.run(lambda: pair.b.readable_bytes == 4 * MSS, max_time=1)
+    acks = pair.wire.sent_by("b")[before:]
+    assert len(acks) == 2
+    assert pair.counters.DelayedACKs == 0
+
+
+# Keepalive.
+
+def test_keepalive_probes_then_etimedout():
+    pair = Pair(client_config=TcpConfig(keepalive=True))
+    pair.open()
+    established = pair.clock.now
+    pair.wire.run(lambda: pair.counters.TCPKeepAlive == 1, max_time=8000)
+    assert pair.clock.now - established == pytest.approx(7200, abs=0.1)
+    assert pair.a.state is State.ESTABLISHED
+
+    pair.wire.filter = lambda name, seg: name == "a"
+    pair.wire.run(lambda: pair.a.is_finished, max_time=8000)
+    assert pair.a.error == errno.ETIMEDOUT
+    assert pair.clock.now - established == pytest.approx(7200 + 9 * 75, abs=0.1)
+    assert pair.counters.TCPKeepAlive == 9
+
+
+# Counters and state names.
+
+def test_state_ss_names():
+    assert State.ESTABLISHED.ss_name == "ESTAB"
+    assert State.SYN_RECEIVED.ss_name == "SYN-RECV"
+    assert State.CLOSED.ss_name == "CLOSE"
+    assert State.TIME_WAIT.ss_name == "TIME-WAIT"
+    assert len({state.ss_name for state in State}) == len(State)

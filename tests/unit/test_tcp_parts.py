@@ -1,0 +1,141 @@
+"""Building blocks of the TCP connection: sequence arithmetic, reassembly, RTO, NewReno, ISNs."""
+
+import pytest
+
+from sandnet_stackd.tcp import IsnGenerator
+from sandnet_stackd.tcp.buffers import OutOfOrderQueue
+from sandnet_stackd.tcp.congestion import NewReno
+from sandnet_stackd.tcp.connection import _seq_diff
+from sandnet_stackd.tcp.rtt import INITIAL_RTO, MAX_RTO, MIN_RTO, RttEstimator
+
+
+def test_seq_diff_wraps_modulo_2_32():
+    assert _seq_diff(5, 0xFFFFFFFB) == 10
+    assert _seq_diff(0xFFFFFFFB, 5) == -10
+    assert _seq_diff(0x7FFFFFFF, 0) == 0x7FFFFFFF
+    assert _seq_diff(0x80000000, 0) == -0x80000000
+    assert _seq_diff(123, 123) == 0
+
+
+def test_out_of_order_merges_overlaps():
+    queue = OutOfOrderQueue()
+    queue.add(10, b"klm")
+    queue.add(20, b"uv")
+    queue.add(12, b"mnop")
+    assert queue.ranges() == [(10, 16), (20, 22)]
+    queue.add(16, b"qrst")
+    assert queue.ranges() == [(10, 22)]
+    assert queue.byte_count == 12
+    assert queue.pop_from(5) is None
+    assert bytes(queue.pop_from(10)) == b"klmnopqrstuv"
+    assert len(queue) == 0
+
+
+def test_out_of_order_pop_trims_and_drops_stale():
+    queue = OutOfOrderQueue()
+    queue.add(0, b"old")
+    queue.add(10, b"abcdef")
+    assert bytes(queue.pop_from(13)) == b"def"
+    assert queue.ranges() == []
+
+
+def test_out_of_order_duplicate_is_idempotent():
+    queue = OutOfOrderQueue()
+    queue.add(100, b"hello")
+    queue.add(100, b"hello")
+    queue.add(101, b"ell")
+    assert queue.ranges() == [(100, 105)]
+    assert bytes(queue.pop_from(100)) == b"hello"
+
+
+def test_rtt_first_sample_and_min_rto():
+    estimator = RttEstimator()
+    assert estimator.rto == INITIAL_RTO
+    estimator.sample(0.010)
+    assert estimator.srtt == pytest.approx(0.010)
+    assert estimator.rttvar == pytest.approx(0.005)
+    assert estimator.rto == MIN_RTO
+
+
+def test_rtt_smoothing_follows_rfc_6298():
+    estimator = RttEstimator()
+    estimator.sample(1.0)
+    estimator.sample(2.0)
+    assert estimator.rttvar == pytest.approx(0.75 * 0.5 + 0.25 * 1.0)
+    assert estimator.srtt == pytest.approx(0.875 * 1.0 + 0.125 * 2.0)
+    assert estimator.rto == pytest.approx(estimator.srtt + 4 * estimator.rttvar)
+
+
+def test_rtt_backoff_doubles_up_to_max_and_sample_resets():
+    estimator = RttEstimator()
+    seen = []
+    for _ in range(10):
+        estimator.backoff()
+        seen.append(estimator.rto)
+    assert seen[:6] == [2, 4, 8, 16, 32, 64]
+    assert seen[7:] == [MAX_RTO] * 3
+    estimator.sample(0.5)
+    assert estimator.backoffs == 0
+
+
+def test_newreno_slow_start_then_avoidance():
+    control = NewReno(mss=1000)
+    assert control.cwnd == 10_000
+    control.on_ack(1000, snd_una=1001, flight=9000)
+    assert control.cwnd == 11_000
+    control.ssthresh = 11_000
+    for _ in range(10):
+        control.on_ack(1000, snd_una=2001, flight=9000)
+    assert control.cwnd == 11_000
+    control.on_ack(1000, snd_una=3001, flight=9000)
+    assert control.cwnd == 12_000
+
+
+def test_newreno_fast_recovery_partial_and_full_ack():
+    control = NewReno(mss=1000)
+    assert not control.on_duplicate_ack(snd_una=1, snd_max=10_001, flight=10_000)
+    assert not control.on_duplicate_ack(snd_una=1, snd_max=10_001, flight=10_000)
+    assert control.on_duplicate_ack(snd_una=1, snd_max=10_001, flight=10_000)
+    assert control.in_recovery
+    assert control.ssthresh == 5000
+    assert control.cwnd == 8000
+
+    control.on_duplicate_ack(snd_una=1, snd_max=10_001, flight=10_000)
+    assert control.cwnd == 9000
+    assert control.on_ack(3000, snd_una=3001, flight=7000)
+    assert control.in_recovery
+    assert control.cwnd == 7000
+
+    assert not control.on_ack(7000, snd_una=10_001, flight=0)
+    assert not control.in_recovery
+    assert control.cwnd == 1000
+
+
+def test_newreno_timeout_collapses_window_and_blocks_fast_retransmit():
+    control = NewReno(mss=1000)
+    control.on_timeout(snd_max=20_001, flight=20_000)
+    assert control.cwnd == 1000
+    assert control.ssthresh == 10_000
+    for _ in range(3):
+        assert not control.on_duplicate_ack(snd_una=5001, snd_max=20_001, flight=15_000)
+
+
+def test_isn_depends_on_tuple_and_clock():
+    now = [100.0]
+    generator = IsnGenerator(b"k" * 32, lambda: now[0])
+    first = generator.next(b"\x0a\x00\x00\x01", 1000, b"\x0a\x00\x00\x02", 80)
+    other_port = generator.next(b"\x0a\x00\x00\x01", 1001, b"\x0a\x00\x00\x02", 80)
+    assert first != other_port
+    assert 0 <= first <= 0xFFFFFFFF
+
+    now[0] += 1.0
+    later = generator.next(b"\x0a\x00\x00\x01", 1000, b"\x0a\x00\x00\x02", 80)
+    assert (later - first) & 0xFFFFFFFF == 250_000
+
+    other_secret = IsnGenerator(b"j" * 32, lambda: now[0])
+    assert other_secret.next(b"\x0a\x00\x00\x01", 1000, b"\x0a\x00\x00\x02", 80) != later
+
+
+def test_isn_rejects_empty_secret():
+    with pytest.raises(ValueError, match="secret is empty"):
+        IsnGenerator(b"", lambda: 0.0)
