@@ -25,7 +25,7 @@ sandnet/v1/%_pb2.py: protos/sandnet/v1/%.proto $(STAMP)
 	$(PYTHON) -m grpc_tools.protoc -I protos --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
 
 demo: setup
-	$(PYTHON) -m sandnet.demo
+	$(PYTHON) scripts/demo.py
 
 test: setup
 	$(PYTHON) -m pytest -ra $(PYTEST_ARGS)
