@@ -236,7 +236,7 @@ def read_head(response, url: str) -> tuple[str, dict[str, str]]:
 
 
 def write_body(response, headers: dict[str, str], out, url: str) -> None:
-    """Copy the body to ``out``: chunked, Content-Length, or read to close (RFC 9112 section 6.3)."""
+    """Copy the body to ``out``, framed by chunked encoding, else by Content-Length, else by connection close."""
     if "chunked" in headers.get("transfer-encoding", "").lower():
         while True:
             size_line = response.readline(65536).decode("latin-1").split(";")[0].strip()

@@ -40,7 +40,7 @@ class Client:
     """A session with sockd; every call carries the session id. Thread-safe.
 
     ``endpoint`` defaults to $SANDNET_SOCKD, else unix:/run/sandnet/sockd.sock.
-    Raises ConnectionError naming the endpoint when sockd does not answer.
+    Raises ConnectionError naming the endpoint when sockd does not respond.
     """
 
     _default: "Client | None" = None
@@ -48,7 +48,11 @@ class Client:
 
     def __init__(self, endpoint: str | None = None, name: str = "sandnet-client"):
         self.endpoint = endpoint or os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT
-        self._channel = grpc.insecure_channel(grpc_target(self.endpoint), options=CHANNEL_OPTIONS)
+        target = grpc_target(self.endpoint)
+        if target.startswith("unix:") and not os.path.exists(target[len("unix:"):]):
+            raise ConnectionError(f"sockd is not reachable at {self.endpoint} (no such socket file): "
+                                  f"start sandnet-sockd there or set {ENDPOINT_ENV} to its endpoint")
+        self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         try:
             grpc.channel_ready_future(self._channel).result(timeout=CONNECT_TIMEOUT_SECONDS)
             self._session_call = sockets_pb2_grpc.SocketsStub(self._channel).Session(
@@ -57,7 +61,7 @@ class Client:
         except grpc.FutureTimeoutError:
             self._channel.close()
             raise ConnectionError(
-                f"sockd is not reachable at {self.endpoint} (no answer within {CONNECT_TIMEOUT_SECONDS:g} s): "
+                f"sockd is not reachable at {self.endpoint} (no response within {CONNECT_TIMEOUT_SECONDS:g} s): "
                 f"start sandnet-sockd there or set {ENDPOINT_ENV} to its endpoint"
             ) from None
         except (grpc.RpcError, StopIteration) as error:

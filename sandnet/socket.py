@@ -15,7 +15,6 @@ import errno
 import io
 import math
 import os
-import select as _select
 import socket as _socket
 import struct
 import time
@@ -34,7 +33,7 @@ from select import POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, POLLPRI  # noqa:
 error = OSError
 timeout = TimeoutError
 
-# Bytes one Recv asks for at least, and the most one Send carries.
+# The minimum bytes one Recv requests, and the maximum bytes one Send carries.
 RECV_CHUNK = 256 * 1024
 SEND_CHUNK = 256 * 1024
 
@@ -390,7 +389,11 @@ class socket:
             raise ValueError(f"invalid mode {mode!r} (only r, w, b allowed)")
         writing = "w" in mode
         reading = "r" in mode or not writing
-        raw_mode = ("r" if reading else "") + ("w" if writing else "")
+        raw_mode = ""
+        if reading:
+            raw_mode += "r"
+        if writing:
+            raw_mode += "w"
         raw = SocketIO(self, raw_mode)
         self._io_refs += 1
         if buffering is None:

@@ -1,6 +1,6 @@
 """Sandbox and none modes: forward the Sockets and Netinfo calls to stackd.
 
-sockd holds one session with stackd and sends its id with every forwarded
+sockd keeps one session with stackd and sends its id with every forwarded
 call. It keeps its own client sessions in front of it: it records which
 descriptors each client created and answers EBADF for any other. When
 stackd goes away, calls get ENETDOWN and the health status is NOT_SERVING
@@ -27,7 +27,7 @@ BACKOFF_MAX_SECONDS = 5.0
 
 
 class StackUnavailableError(RuntimeError):
-    """stackd did not answer its health check in time."""
+    """stackd did not report SERVING to its health check in time."""
 
 
 class StackLink:
@@ -159,16 +159,24 @@ class ForwardSockets(sockets_pb2_grpc.SocketsServicer):
             return reply_type(errno=errno.ENETDOWN)
 
     async def _owned(self, method: str, request, context, reply_type: type):
-        """Forward a call on ``request.fd`` if the caller's session owns it, else answer EBADF."""
+        """Forward a call on ``request.fd`` if the caller's session owns it, else return EBADF."""
         session = await self.sessions.require(context)
         if request.fd not in session.fds:
             return reply_type(errno=errno.EBADF)
         return await self._forward(method, request, reply_type)
 
-    def _unreachable(self, fd: int, addr) -> bool:
-        """Tell whether none mode forbids this destination."""
+    def _check_destination(self, fd: int, addr, destination: bool) -> int:
+        """Return the errno for an invalid address (EINVAL), or for a destination none mode forbids (ENETUNREACH)."""
         family = self.families.get(fd)
-        return self.loopback_only and family is not None and not addresses.is_loopback(family, addr)
+        if family is None:
+            return 0
+        try:
+            addresses.to_host(family, addr)
+        except OSError as error:
+            return error.errno
+        if destination and self.loopback_only and not addresses.is_loopback(family, addr):
+            return errno.ENETUNREACH
+        return 0
 
     async def Socket(self, request, context):
         session = await self.sessions.require(context)
@@ -202,20 +210,28 @@ class ForwardSockets(sockets_pb2_grpc.SocketsServicer):
         session = await self.sessions.require(context)
         if request.fd not in session.fds:
             return sockets_pb2.Status(errno=errno.EBADF)
-        if self._unreachable(request.fd, request.addr):
-            return sockets_pb2.Status(errno=errno.ENETUNREACH)
+        code = self._check_destination(request.fd, request.addr, destination=True)
+        if code:
+            return sockets_pb2.Status(errno=code)
         return await self._forward("Connect", request, sockets_pb2.Status)
 
     async def Send(self, request, context):
         session = await self.sessions.require(context)
         if request.fd not in session.fds:
             return sockets_pb2.SendReply(errno=errno.EBADF)
-        if request.HasField("addr") and self._unreachable(request.fd, request.addr):
-            return sockets_pb2.SendReply(errno=errno.ENETUNREACH)
+        code = self._check_destination(request.fd, request.addr, destination=True) if request.HasField("addr") else 0
+        if code:
+            return sockets_pb2.SendReply(errno=code)
         return await self._forward("Send", request, sockets_pb2.SendReply)
 
     async def Bind(self, request, context):
-        return await self._owned("Bind", request, context, sockets_pb2.Status)
+        session = await self.sessions.require(context)
+        if request.fd not in session.fds:
+            return sockets_pb2.Status(errno=errno.EBADF)
+        code = self._check_destination(request.fd, request.addr, destination=False)
+        if code:
+            return sockets_pb2.Status(errno=code)
+        return await self._forward("Bind", request, sockets_pb2.Status)
 
     async def Listen(self, request, context):
         return await self._owned("Listen", request, context, sockets_pb2.Status)

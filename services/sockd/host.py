@@ -309,7 +309,7 @@ class HostSockets(sockets_pb2_grpc.SocketsServicer):
         sock = host_socket.sock
         max_bytes = min(request.max_bytes, MAX_RECV_BYTES)
         timeout_ms = 0 if request.flags & socket.MSG_DONTWAIT else request.timeout_ms
-        # MSG_TRUNC as an input flag asks for the datagram's full length,
+        # MSG_TRUNC as an input flag requests the datagram's full length,
         # which a reply cannot express; the reply's flags report truncation.
         flags = request.flags & ~(socket.MSG_WAITALL | socket.MSG_DONTWAIT | socket.MSG_TRUNC)
         wait_all = bool(request.flags & socket.MSG_WAITALL) and host_socket.type == socket.SOCK_STREAM

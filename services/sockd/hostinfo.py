@@ -1,5 +1,5 @@
 """Host mode's Netinfo: the host's interfaces and routes through rtnetlink
-(pyroute2), the sockets sockd holds, and the counters of /proc/net/snmp."""
+(pyroute2), the sockets that sockd has open, and the counters of /proc/net/snmp."""
 
 import asyncio
 import fcntl
@@ -13,12 +13,11 @@ from sandnet.v1 import sockets_pb2, sockets_pb2_grpc, types_pb2
 from sandnet_sockd import addresses
 from sandnet_sockd.host import HostSocket, HostSockets
 
-# Names that iproute2 prints for rtm_scope and rtm_protocol (rt_scopes and
-# rt_protos in iproute2's etc/iproute2).
+# Names that iproute2 prints for the rtm_scope and rtm_protocol values.
 SCOPE_NAMES = {0: "global", 200: "site", 253: "link", 254: "host", 255: "nowhere"}
 PROTOCOL_NAMES = {0: "unspec", 1: "redirect", 2: "kernel", 3: "boot", 4: "static", 16: "dhcp", 186: "bgp", 188: "ospf"}
 
-# tcpi_state of struct tcp_info (include/net/tcp_states.h) to the names ss(8) prints.
+# Linux's TCP states (tcpi_state of struct tcp_info, TCP_ESTABLISHED = 1 ...) as ss(8) names them.
 TCP_STATES = {
     1: "ESTAB", 2: "SYN-SENT", 3: "SYN-RECV", 4: "FIN-WAIT-1", 5: "FIN-WAIT-2", 6: "TIME-WAIT",
     7: "UNCONN", 8: "CLOSE-WAIT", 9: "LAST-ACK", 10: "LISTEN", 11: "CLOSING",
@@ -105,7 +104,7 @@ def read_counters(path: str = "/proc/net/snmp") -> list[sockets_pb2.Counter]:
 
 
 def describe_socket(host_socket: HostSocket) -> sockets_pb2.SocketInfo:
-    """Describe one held socket as ss(8) would: state, addresses and queue sizes."""
+    """Describe one open socket as ss(8) would: state, addresses and queue sizes."""
     sock = host_socket.sock
     info = sockets_pb2.SocketInfo(fd=host_socket.fd, family=host_socket.family, type=host_socket.type,
                                   protocol=host_socket.protocol)
@@ -153,8 +152,8 @@ class HostNetinfo(sockets_pb2_grpc.NetinfoServicer):
         return sockets_pb2.RouteList(routes=routes)
 
     async def ListSockets(self, request, context):
-        held = [describe_socket(host_socket) for host_socket in self.sockets.sockets.values()]
-        return sockets_pb2.SocketList(sockets=held)
+        open_sockets = [describe_socket(host_socket) for host_socket in self.sockets.sockets.values()]
+        return sockets_pb2.SocketList(sockets=open_sockets)
 
     async def GetCounters(self, request, context):
         return sockets_pb2.CounterList(counters=read_counters())

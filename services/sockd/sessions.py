@@ -1,7 +1,7 @@
 """Client sessions of sockd: which descriptors each client created.
 
 A client opens a session with the Session stream and sends its id as
-"sandnet-session" metadata on every other call. sockd answers EBADF for a
+"sandnet-session" metadata on every other call. sockd returns EBADF for a
 descriptor that the caller's session did not create, and closes a session's
 descriptors when its stream ends.
 """

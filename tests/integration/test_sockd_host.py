@@ -1,7 +1,8 @@
-"""sockd in host mode, driven through the sandnet client, socket class and CLI.
+"""sockd driven through the sandnet client, socket class and CLI.
 
-Everything runs on 127.0.0.1 and ::1 against sockets of this process and of
-a local http.server; no namespaces are needed.
+Host mode runs on 127.0.0.1 and ::1 against sockets of this process and of
+a local http.server. Sandbox and none modes forward to a second, host-mode
+sockd in place of stackd. Only the ping test needs a network namespace.
 """
 
 import errno
@@ -11,7 +12,6 @@ import os
 import select
 import socket as stdsocket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -21,10 +21,14 @@ import pytest
 import netlab
 from sandnet import socket as snsocket
 from sandnet.client import Client
+from grpc_health.v1 import health_pb2
+
 from sandnet.v1 import sockets_pb2, types_pb2
 
 SANDNET_CLI = os.path.join(netlab.BIN_DIR, "sandnet")
 SOCKD = os.path.join(netlab.BIN_DIR, "sandnet-sockd")
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +86,7 @@ def test_tcp_echo_small(client, tcp_server):
         assert sock.getpeername() == tcp_server.getsockname()
         assert sock.getsockname()[0] == "127.0.0.1"
         sock.sendall(b"hello sandnet")
-        assert sock.recv(100, snsocket.MSG_WAITALL) == b"hello sandnet"
+        assert sock.recv(13, snsocket.MSG_WAITALL) == b"hello sandnet"
         sock.shutdown(snsocket.SHUT_WR)
         assert sock.recv(100) == b""
     thread.join(30)
@@ -359,7 +363,11 @@ def test_half_close_keeps_reading(client, tcp_server):
             assert received == b"request"
 
             conn.sendall(b"response after half-close")
-            assert sock.recv(100, snsocket.MSG_WAITALL) == b"response after half-close"
+            conn.close()
+            received = b""
+            while chunk := sock.recv(100):
+                received += chunk
+            assert received == b"response after half-close"
 
 
 def test_session_end_closes_its_sockets(sockd_path):
@@ -370,7 +378,7 @@ def test_session_end_closes_its_sockets(sockd_path):
     address = listener.getsockname()
     owner.close()
 
-    # sockd closes the listener once it sees the stream end; wait for that
+    # sockd closes the listener once it reads the end of the stream; wait for that
     # with a bounded number of attempts rather than a fixed delay.
     for _ in range(100):
         probe = stdsocket.socket()
@@ -400,7 +408,7 @@ def test_boolean_socket_options(client, level, name, value):
 def test_buffer_size_options(client, name):
     with snsocket.socket(client=client) as sock:
         sock.setsockopt(snsocket.SOL_SOCKET, name, 65536)
-        # Linux doubles the requested size for bookkeeping overhead (socket(7)).
+        # Linux doubles the requested size to leave room for its bookkeeping.
         assert sock.getsockopt(snsocket.SOL_SOCKET, name) == 2 * 65536
 
 
@@ -497,3 +505,129 @@ def test_sockd_without_stackd_exits_with_one_line():
     assert result.stderr.count("\n") == 1, result.stderr
     assert f"unix:{tmp}/absent.sock" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# Sandbox and none modes, forwarding to a host-mode sockd that replaces
+# stackd: both serve the same Sockets and Netinfo contract.
+
+def start_forwarding_sockd(stack_path: str, listen_path: str, network: str) -> netlab.ServiceProcess:
+    argv = [SOCKD, "--stack", f"unix:{stack_path}", "--listen", f"unix:{listen_path}", "--network", network]
+    return netlab.ServiceProcess(argv, listen_path)
+
+
+@pytest.fixture
+def backend_dir():
+    with tempfile.TemporaryDirectory(prefix="sn-fwd-") as tmp:
+        yield tmp
+
+
+def start_backend(tmp: str) -> netlab.ServiceProcess:
+    path = os.path.join(tmp, "stack.sock")
+    return netlab.ServiceProcess([SOCKD, "--network", "host", "--listen", f"unix:{path}"], path)
+
+
+def test_sandbox_mode_forwards_tcp(backend_dir, tcp_server):
+    with start_backend(backend_dir), \
+            start_forwarding_sockd(f"{backend_dir}/stack.sock", f"{backend_dir}/sockd.sock", "sandbox"), \
+            Client(f"unix:{backend_dir}/sockd.sock") as session:
+        thread = echo_once(tcp_server)
+        with snsocket.create_connection(tcp_server.getsockname(), timeout=30, client=session) as sock:
+            sock.sendall(b"forwarded")
+            assert sock.recv(9, snsocket.MSG_WAITALL) == b"forwarded"
+            sock.shutdown(snsocket.SHUT_WR)
+            assert sock.recv(10) == b""
+        thread.join(30)
+
+        with snsocket.socket(client=session) as listener, Client(f"unix:{backend_dir}/sockd.sock") as other:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            reply = other.call("Listen", sockets_pb2.ListenRequest(fd=listener.fileno(), backlog=1))
+            assert reply.errno == errno.EBADF
+            rows = [line.split() for line in run_cli(f"{backend_dir}/sockd.sock", "ss").stdout.decode().splitlines()]
+            assert ["tcp", "LISTEN", "0", "0", f"127.0.0.1:{listener.getsockname()[1]}", "0.0.0.0:*"] in rows
+
+
+def test_none_mode_allows_only_loopback(backend_dir, tcp_server):
+    with start_backend(backend_dir), \
+            start_forwarding_sockd(f"{backend_dir}/stack.sock", f"{backend_dir}/sockd.sock", "none"), \
+            Client(f"unix:{backend_dir}/sockd.sock") as session:
+        with snsocket.socket(client=session) as sock:
+            with pytest.raises(OSError) as raised:
+                sock.connect(("192.0.2.1", 80))
+            assert raised.value.errno == errno.ENETUNREACH
+
+        with snsocket.socket(snsocket.AF_INET, snsocket.SOCK_DGRAM, client=session) as udp:
+            with pytest.raises(OSError) as raised:
+                udp.sendto(b"x", ("198.51.100.7", 53))
+            assert raised.value.errno == errno.ENETUNREACH
+
+        with snsocket.socket(client=session) as sock:
+            bad = types_pb2.SockAddr(ip=b"\x7f\x00\x01", port=80)
+            reply = session.call("Connect", sockets_pb2.ConnectRequest(fd=sock.fileno(), addr=bad, timeout_ms=0))
+            assert reply.errno == errno.EINVAL
+
+        with snsocket.create_connection(tcp_server.getsockname(), timeout=30, client=session) as sock:
+            conn, _ = tcp_server.accept()
+            conn.close()
+
+
+def test_lost_stackd_gives_enetdown_then_reconnects(backend_dir):
+    sockd_path = f"{backend_dir}/sockd.sock"
+    backend = start_backend(backend_dir)
+    try:
+        with start_forwarding_sockd(f"{backend_dir}/stack.sock", sockd_path, "sandbox") as sockd, \
+                Client(f"unix:{sockd_path}") as session:
+            sock = snsocket.socket(client=session)
+            backend.stop()
+
+            # Bounded wait for sockd to notice: health turns NOT_SERVING.
+            for _ in range(100):
+                if netlab.health_status(sockd_path) != SERVING:
+                    break
+                time.sleep(0.1)
+            assert netlab.health_status(sockd_path) == NOT_SERVING
+            with pytest.raises(OSError) as raised:
+                snsocket.socket(client=session)
+            assert raised.value.errno == errno.ENETDOWN
+
+            backend = start_backend(backend_dir)
+            for _ in range(200):
+                if netlab.health_status(sockd_path) == SERVING:
+                    break
+                time.sleep(0.1)
+            assert netlab.health_status(sockd_path) == SERVING
+
+            # The old descriptor died with the old stackd session.
+            with pytest.raises(OSError) as raised:
+                sock.getsockname()
+            assert raised.value.errno == errno.EBADF
+            with snsocket.socket(client=session) as fresh:
+                fresh.bind(("127.0.0.1", 0))
+            log = sockd.log_text()
+        assert "retrying the stackd session" in log
+    finally:
+        backend.stop()
+
+
+@pytest.mark.netns
+def test_cli_ping_in_namespace():
+    # ICMP datagram sockets need net.ipv4.ping_group_range to include the
+    # caller's group. The range is per network namespace, so the test sets
+    # it in a namespace of its own and leaves the host's setting alone.
+    with netlab.Netns() as ns, tempfile.TemporaryDirectory(prefix="sn-ping-") as tmp:
+        ns.run("sysctl", "-q", "-w", "net.ipv4.ping_group_range=0 0")
+        path = os.path.join(tmp, "sockd.sock")
+        argv = [SOCKD, "--network", "host", "--listen", f"unix:{path}"]
+        with netlab.ServiceProcess(argv, path, ns=ns):
+            result = run_cli(path, "ping", "-c", "2", "-W", "5", "127.0.0.1")
+            unreachable = run_cli(path, "ping", "-c", "1", "-W", "1", "192.0.2.1")
+    output = result.stdout.decode()
+    assert result.returncode == 0, result.stderr
+    assert "icmp_seq=1" in output
+    assert "icmp_seq=2" in output
+    assert "2 packets transmitted, 2 received, 0% packet loss" in output
+    assert "rtt min/avg/max/mdev" in output
+
+    # The namespace has no route to 192.0.2.1, so the first send fails.
+    assert unreachable.returncode == 1
+    assert "Network is unreachable" in unreachable.stderr.decode()

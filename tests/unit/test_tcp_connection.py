@@ -30,7 +30,7 @@ class Wire:
     """A link between two connections that delays, drops, reorders and duplicates segments.
 
     Segments go through the real header build and parse, checksum included.
-    ``log`` holds every (time, sender name, TcpRepr) sent; a ``filter`` may
+    ``log`` records every (time, sender name, TcpRepr) sent; a ``filter`` may
     return False to drop a segment.
     """
 
@@ -382,7 +382,7 @@ def test_out_of_order_segments_reassembled():
     assert pair.wire.sent_by("b")[-1].ack == (start + 6) & 0xFFFFFFFF
 
 
-def test_out_of_window_segment_answered_with_ack_and_dropped():
+def test_out_of_window_segment_gets_ack():
     pair = Pair()
     pair.open()
     b = pair.b
@@ -514,7 +514,7 @@ def test_fin_wait_2_timeout_after_close():
     assert pair.b.state is State.CLOSE_WAIT
 
 
-def test_time_wait_answers_retransmitted_fin():
+def test_time_wait_acks_retransmitted_fin():
     pair = Pair()
     pair.open()
     pair.a.close()
@@ -690,3 +690,88 @@ def test_state_ss_names():
     assert State.CLOSED.ss_name == "CLOSE"
     assert State.TIME_WAIT.ss_name == "TIME-WAIT"
     assert len({state.ss_name for state in State}) == len(State)
+
+
+# Passive open corner cases.
+
+def test_retransmitted_syn_gets_synack_again():
+    pair = Pair()
+    pair.wire.filter = lambda name, seg: name == "a"
+    pair.a.connect()
+    syn = pair.wire.sent_by("a")[0]
+    pair.wire.run(lambda: pair.b is not None, max_time=1)
+    assert pair.b.state is State.SYN_RECEIVED
+
+    pair.b.on_segment(syn)
+    synacks = [seg for seg in pair.wire.sent_by("b") if seg.flags == header.SYN | header.ACK]
+    assert len(synacks) == 2
+    assert synacks[0].seq == synacks[1].seq
+    assert pair.b.state is State.SYN_RECEIVED
+
+
+def test_synack_retries_then_passive_side_closes():
+    pair = Pair()
+    pair.wire.filter = lambda name, seg: name == "a" and seg.flags == header.SYN and not pair.wire.sent_by("b")
+    pair.a.connect()
+    pair.wire.run(lambda: pair.b is not None, max_time=1)
+    pair.wire.run(lambda: pair.b.is_finished, max_time=200)
+    synacks = [seg for seg in pair.wire.sent_by("b") if seg.flags == header.SYN | header.ACK]
+    assert len(synacks) == 6
+    assert pair.b.state is State.CLOSED
+    assert pair.b.error == 0
+    assert not pair.b.established_once
+
+
+def test_out_of_window_rst_ignored():
+    pair = Pair()
+    pair.open()
+    last = pair.wire.sent_by("b")[-1]
+    before = len(pair.wire.sent_by("a"))
+    pair.a.on_segment(header.TcpRepr(PORT_B, PORT_A, seq=(last.seq + 50_000_000) & 0xFFFFFFFF, ack=0,
+                                     flags=header.RST, window=0))
+    assert pair.a.state is State.ESTABLISHED
+    assert len(pair.wire.sent_by("a")) == before
+
+
+def test_recv_peek_keeps_data():
+    pair = Pair()
+    pair.open()
+    pair.a.send(b"hello world")
+    pair.wire.run(lambda: pair.b.readable_bytes == 11, max_time=5)
+    assert pair.b.recv(5, peek=True) == b"hello"
+    assert pair.b.readable_bytes == 11
+    assert pair.b.recv(5) == b"hello"
+    assert pair.b.recv(100) == b" world"
+    assert pair.b.recv(100) == b""
+
+
+def test_send_refused_after_shutdown_and_buffer_limit():
+    pair = Pair(client_config=TcpConfig(sndbuf=10_000), server_config=TcpConfig(rcvbuf=4096))
+    pair.open()
+    assert pair.a.send(b"x" * 50_000) == 10_000
+    assert pair.a.send(b"y") == 0
+    assert pair.a.send_space == 0
+    assert pair.a.send_queue_bytes == 10_000
+    pair.a.shutdown_write()
+    assert not pair.a.can_send
+    assert pair.a.send(b"z") == 0
+
+
+def test_zero_window_long_stall_survives():
+    pair = Pair(server_config=TcpConfig(rcvbuf=30_000))
+    pair.open()
+    data = payload(200_000)
+    assert pair.a.send(data) == len(data)
+    pair.wire.run(max_time=2000)
+    assert pair.a.state is State.ESTABLISHED
+    assert pair.a.error == 0
+    assert pair.counters.TCPAbortOnTimeout == 0
+
+    received = bytearray()
+
+    def app():
+        received.extend(pair.b.recv(100_000))
+
+    app()
+    pair.wire.run(lambda: len(received) == len(data), max_time=600, app=app)
+    assert bytes(received) == data

@@ -3,6 +3,7 @@
 import struct
 
 import dpkt
+import hypothesis
 import pytest
 
 from sandnet_stackd.header import tcp
@@ -146,3 +147,13 @@ def test_parse_checksum_depends_on_addresses():
     raw = tcp.build(tcp.TcpRepr(1, 2, 3, 4, tcp.ACK, 5, payload=b"odd"), SRC4, DST4)
     with pytest.raises(MalformedError):
         tcp.parse(raw, SRC4, bytes([10, 0, 0, 3]))
+
+
+@hypothesis.settings(max_examples=500, deadline=None)
+@hypothesis.given(raw=hypothesis.strategies.binary(max_size=80))
+def test_parse_random_bytes_raise_only_malformed(raw):
+    try:
+        parsed = tcp.parse(raw, SRC4, DST4, verify_checksum=False)
+    except MalformedError:
+        return
+    assert len(parsed.payload) <= len(raw) - tcp.HEADER_LEN

@@ -70,7 +70,12 @@ class TcpRepr:
     @property
     def seg_len(self) -> int:
         """Sequence space the segment occupies: payload bytes plus one each for SYN and FIN."""
-        return len(self.payload) + (1 if self.flags & SYN else 0) + (1 if self.flags & FIN else 0)
+        length = len(self.payload)
+        if self.flags & SYN:
+            length += 1
+        if self.flags & FIN:
+            length += 1
+        return length
 
     def has(self, flag: int) -> bool:
         """Return whether every bit of ``flag`` is set."""

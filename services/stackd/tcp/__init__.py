@@ -1,6 +1,6 @@
 """TCP for stackd: the connection state machine and what it needs.
 
-Wire formats live in ``sandnet_stackd.header.tcp``; this package holds the
+Wire formats live in ``sandnet_stackd.header.tcp``; this package contains the
 protocol logic and does no I/O.
 """
 

@@ -10,9 +10,9 @@ import bisect
 class OutOfOrderQueue:
     """Byte ranges received beyond RCV.NXT, kept sorted and merged.
 
-    Overlapping and adjacent ranges are merged on insert, so the queue holds
-    at most one range per hole-separated run. The caller trims segments to the
-    receive window first, which bounds the memory held here.
+    Overlapping and adjacent ranges are merged on insert, so the queue contains
+    one range per run of bytes between holes. The caller trims segments to the
+    receive window first, which bounds the memory used here.
     """
 
     def __init__(self) -> None:
@@ -25,15 +25,15 @@ class OutOfOrderQueue:
 
     @property
     def byte_count(self) -> int:
-        """Number of bytes held."""
+        """Number of bytes stored."""
         return sum(end - start for start, end in zip(self._starts, self._ends))
 
     def ranges(self) -> list[tuple[int, int]]:
-        """Return the held ranges as (start, end) pairs, end exclusive, in order."""
+        """Return the stored ranges as (start, end) pairs, end exclusive, in order."""
         return list(zip(self._starts, self._ends))
 
     def add(self, start: int, data: bytes | memoryview) -> None:
-        """Insert ``data`` received at offset ``start``, merging with held ranges."""
+        """Insert ``data`` received at offset ``start``, merging with stored ranges."""
         end = start + len(data)
         first = bisect.bisect_left(self._starts, start)
         if first > 0 and self._ends[first - 1] >= start:

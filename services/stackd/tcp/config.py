@@ -7,10 +7,11 @@ import dataclasses
 class TcpConfig:
     """Socket options and Linux sysctl equivalents of one connection.
 
-    Buffer sizes are in bytes and already doubled the way Linux doubles
-    SO_RCVBUF and SO_SNDBUF. The receive buffer is the largest window this
-    side advertises; the window scale is chosen from it when the SYN is sent,
-    so raise it before connecting. Times are in seconds.
+    Buffer sizes are in bytes, 256 KiB each by default, and already doubled
+    the way Linux doubles SO_RCVBUF and SO_SNDBUF. The receive buffer is the
+    largest window this side advertises. The window scale is chosen when the
+    SYN is sent and covers at least 8 MiB, so a buffer raised after the
+    handshake up to that size still takes effect. Times are in seconds.
     """
 
     rcvbuf: int = 262144

@@ -6,9 +6,9 @@ receives every segment to send through the ``output`` callback.
 
 Internally every sequence number is an unbounded offset: the send side counts
 from ISS (the SYN is offset 0) and the receive side from IRS. Offsets compare
-as plain integers; only ``_snd_offset``/``_rcv_offset`` and the ``_wire``
-helpers convert to and from 32-bit sequence numbers, which is where the
-modulo 2**32 arithmetic lives.
+as plain integers. Only ``_snd_offset``, ``_rcv_offset`` and the ``_wire``
+helpers convert to and from 32-bit sequence numbers, so the modulo 2**32
+arithmetic lives there.
 """
 
 import dataclasses
@@ -48,9 +48,9 @@ def _seq_diff(a: int, b: int) -> int:
 
 
 def reset_for_unexpected(seg: TcpRepr) -> TcpRepr | None:
-    """Build the RST that answers a segment for which no connection exists.
+    """Build the RST sent in reply to a segment for which no connection exists.
 
-    RFC 9293 section 3.10.7.1: an RST is never answered, so this returns None
+    RFC 9293 section 3.10.7.1: no reply is sent to an RST, so this returns None
     for one. Without ACK the reset is <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>;
     with ACK it is <SEQ=SEG.ACK><CTL=RST>. Ports are swapped.
     """
@@ -175,6 +175,11 @@ class TcpConnection:
         return self._snd_mss
 
     @property
+    def mss(self) -> int:
+        """Current send MSS, the value Linux reports for getsockopt(TCP_MAXSEG)."""
+        return self._snd_mss
+
+    @property
     def window_scales(self) -> tuple[int, int]:
         """Negotiated (send, receive) window shift counts; (0, 0) without RFC 7323 scaling."""
         return self._snd_wscale, self._rcv_wscale
@@ -270,7 +275,7 @@ class TcpConnection:
         self._notify()
 
     def _on_segment_syn_sent(self, seg: TcpRepr) -> None:
-        """RFC 9293 section 3.10.7.3."""
+        """Process a segment in SYN_SENT (RFC 9293 section 3.10.7.3)."""
         ack = None
         if seg.flags & ACK:
             ack = self._snd_offset(seg.ack)
@@ -291,7 +296,7 @@ class TcpConnection:
         self._max_snd_wnd = seg.window
         self._snd_wl1 = 0
         if ack is None:
-            # Simultaneous open (RFC 9293 figure 7): answer with SYN-ACK on the same ISS.
+            # Simultaneous open (RFC 9293 figure 7): reply with SYN-ACK on the same ISS.
             self._set_state(State.SYN_RECEIVED)
             self._send_syn()
             return
@@ -303,7 +308,7 @@ class TcpConnection:
         self._send_ack()
 
     def _on_segment_synchronized(self, seg: TcpRepr) -> None:
-        """RFC 9293 section 3.10.7.4, for every state after SYN_SENT."""
+        """Process a segment in any state after SYN_SENT (RFC 9293 section 3.10.7.4)."""
         flags = seg.flags
         seq = self._rcv_offset(seg.seq)
 
@@ -329,6 +334,8 @@ class TcpConnection:
             return
 
         # Fourth: a SYN in a synchronized state gets a challenge ACK (RFC 5961 section 4).
+        # NOTE: this includes TIME_WAIT, so reusing a TIME_WAIT 4-tuple for a new
+        # connection is up to the stack (Linux accepts a SYN above RCV.NXT there).
         if flags & SYN:
             self._send_challenge_ack()
             return
@@ -341,6 +348,7 @@ class TcpConnection:
         if self.state is State.CLOSED:
             return
 
+        # Sixth, URG, is skipped: urgent data is delivered inline like other bytes.
         # Seventh and eighth: segment text and FIN.
         if seg.payload or flags & FIN:
             self._process_data(seg, seq)
@@ -354,7 +362,7 @@ class TcpConnection:
             self._delack_deadline = self._clock() + self._config.delayed_ack
 
     def _is_acceptable(self, seq: int, seg: TcpRepr) -> bool:
-        """The segment acceptability test of RFC 9293 section 3.10.7.4."""
+        """Apply the segment acceptability test of RFC 9293 section 3.10.7.4."""
         window = max(self._rcv_adv - self._rcv_nxt, 0)
         length = len(seg.payload)
         if length == 0:
@@ -383,7 +391,7 @@ class TcpConnection:
             return True
 
         if ack > self._snd_max:
-            # RFC 9293: an ACK for data not yet sent is answered with an ACK and dropped.
+            # RFC 9293: an ACK for data not yet sent gets an ACK in reply and is dropped.
             self._send_ack()
             return False
         if ack < self._snd_una - max(self._max_snd_wnd, 1):
@@ -525,19 +533,23 @@ class TcpConnection:
             self._enter_time_wait()
 
     def _reset_by_peer(self) -> None:
-        """Close on an accepted RST with the errno Linux reports (tcp_reset in tcp_input.c)."""
-        if self.state is State.SYN_SENT or (self.state is State.SYN_RECEIVED and not self._passive):
+        """Close on an accepted RST with the errno that Linux's tcp_reset (net/ipv4/tcp_input.c) sets.
+
+        A passive SYN_RECEIVED connection has no socket yet and TIME_WAIT has
+        no reader, so neither gets an error.
+        """
+        if self.state is State.SYN_SENT:
             self.error = errno.ECONNREFUSED
         elif self.state is State.CLOSE_WAIT:
             self.error = errno.EPIPE
-        elif self.state in (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2):
+        elif not (self.state is State.TIME_WAIT or (self.state is State.SYN_RECEIVED and self._passive)):
             self.error = errno.ECONNRESET
         self._enter_closed()
 
     # Sending.
 
     def send(self, data: bytes | memoryview) -> int:
-        """Queue as much of ``data`` as the send buffer holds and transmit what the windows allow.
+        """Queue as much of ``data`` as fits in the send buffer and transmit what the windows allow.
 
         Returns the number of bytes queued: 0 when the buffer is full or the
         state does not allow sending (check ``can_send`` first).
@@ -569,6 +581,8 @@ class TcpConnection:
                 break
 
             if unsent > 0:
+                # Segments are at most one MSS. Sending larger bursts for GSO
+                # would raise this cap and leave the split to the stack.
                 flight = self._snd_nxt - self._snd_una
                 usable = min(self._congestion.cwnd, self._snd_wnd) - flight
                 size = min(mss, unsent, usable)
@@ -638,7 +652,11 @@ class TcpConnection:
                    window_scale=self._window_scale_offer)
 
     def _send_ack(self) -> None:
-        """Send a bare ACK; its sequence number is SND.MAX so that the peer never sees it as old."""
+        """Send a bare ACK with sequence number SND.MAX, so that the peer does not drop it as old.
+
+        After a retransmission timeout SND.NXT moves back, and Linux drops a
+        bare ACK whose sequence number is below its RCV.NXT.
+        """
         self._emit(self._snd_wire(self._snd_max), ACK, b"")
 
     def _send_challenge_ack(self) -> None:
@@ -676,7 +694,10 @@ class TcpConnection:
         shift = self._rcv_wscale
         free = max(self._config.rcvbuf - len(self._rcv_buf), 0)
         promised = max(self._rcv_adv - self._rcv_nxt, 0)
-        promised_field = -(-promised >> shift)      # Rounded up so the right edge never moves left.
+        # Rounded up so the right edge never moves left. NOTE: like Linux, this
+        # can let the peer fill up to 2**shift - 1 bytes past rcvbuf per ACK sent
+        # while the window closes.
+        promised_field = -(-promised >> shift)
         threshold = min(self._config.rcvbuf // 2, self._mss)
         field = promised_field
         if free >= promised + threshold:
@@ -803,14 +824,14 @@ class TcpConnection:
         self._notify()
 
     def _on_retransmission_timeout(self, now: float) -> None:
-        """RFC 6298 section 5.4 to 5.6, with Linux's retry limits."""
+        """Retransmit after the timer expired (RFC 6298 sections 5.4 to 5.6), within Linux's retry limits."""
         self._rto_deadline = None
         self._counters.TCPTimeouts += 1
         zero_window = self._snd_wnd == 0 and self.state.is_synchronized and self.state is not State.SYN_RECEIVED
         if zero_window:
             # The peer closed its window under data in flight. Retransmissions act
             # as window probes and, as in Linux, do not count towards retries2
-            # while the peer answers within MAX_RTO.
+            # while the peer has sent something within MAX_RTO.
             if now - self._last_received > MAX_RTO:
                 self._give_up()
                 return
@@ -855,8 +876,9 @@ class TcpConnection:
         if self._persist_probes >= self._config.retries2:
             self._give_up()
             return
-        # Like Linux, probe with an empty segment one below SND.UNA: it is old,
-        # so the peer answers with an ACK carrying its current window.
+        # Like Linux's tcp_xmit_probe_skb, probe with an empty segment at
+        # SND.UNA - 1. The peer finds it old and replies with an ACK that
+        # carries its current window.
         self._counters.TCPWinProbe += 1
         self._persist_probes += 1
         self._persist_backoff += 1
