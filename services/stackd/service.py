@@ -11,6 +11,7 @@ from sandnet.v1 import sockets_pb2, sockets_pb2_grpc, types_pb2
 from sandnet_stackd.sockets import SockAddr, SocketError, check_address
 from sandnet_stackd.stack import Stack
 from sandnet_stackd.socket_tcp import TcpSocket
+from sandnet_stackd.tcp import State
 
 log = logging.getLogger("sandnet.stackd.service")
 
@@ -140,7 +141,8 @@ class SocketsService(sockets_pb2_grpc.SocketsServicer):
             return sockets_pb2.AddrReply(errno=error.errno)
         connected = sock.remote is not None
         if isinstance(sock, TcpSocket):
-            connected = sock.endpoint is not None and not sock.connecting
+            # As inet_getname() in Linux: no peer name while SYN_SENT or CLOSED.
+            connected = sock.endpoint is not None and sock.conn.state not in (State.SYN_SENT, State.CLOSED)
         if not connected:
             return sockets_pb2.AddrReply(errno=errno.ENOTCONN)
         return sockets_pb2.AddrReply(addr=_to_proto(sock.remote))

@@ -113,3 +113,142 @@ def test_ipv6_socket_is_eafnosupport(client):
     with pytest.raises(OSError) as raised:
         ssock.socket(ssock.AF_INET6, ssock.SOCK_STREAM, client=client)
     assert raised.value.errno == errno.EAFNOSUPPORT
+
+
+def connected_pair(client):
+    listener = ssock.socket(ssock.AF_INET, ssock.SOCK_STREAM, client=client)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    conn = ssock.socket(ssock.AF_INET, ssock.SOCK_STREAM, client=client)
+    conn.settimeout(5)
+    conn.connect(listener.getsockname())
+    server_side, _ = listener.accept()
+    listener.close()
+    return conn, server_side
+
+
+def test_bad_address_length_is_einval(client):
+    from sandnet.v1 import sockets_pb2, types_pb2
+    fd = client.call("Socket", sockets_pb2.SocketRequest(family=2, type=1)).fd
+    reply = client.call("Bind", sockets_pb2.BindRequest(fd=fd, addr=types_pb2.SockAddr(ip=b"\x7f\x00\x00", port=80)))
+    assert reply.errno == errno.EINVAL
+    client.call("Close", sockets_pb2.FdRequest(fd=fd))
+
+
+def test_unknown_descriptor_is_ebadf(client):
+    from sandnet.v1 import sockets_pb2
+    assert client.call("Close", sockets_pb2.FdRequest(fd=987654)).errno == errno.EBADF
+    assert client.call("Listen", sockets_pb2.ListenRequest(fd=987654, backlog=1)).errno == errno.EBADF
+
+
+def test_socket_options_follow_linux(client):
+    s = ssock.socket(ssock.AF_INET, ssock.SOCK_STREAM, client=client)
+    s.setsockopt(ssock.SOL_SOCKET, ssock.SO_REUSEADDR, 1)
+    assert s.getsockopt(ssock.SOL_SOCKET, ssock.SO_REUSEADDR) == 1
+    s.setsockopt(ssock.SOL_SOCKET, ssock.SO_KEEPALIVE, 1)
+    assert s.getsockopt(ssock.SOL_SOCKET, ssock.SO_KEEPALIVE) == 1
+    s.setsockopt(ssock.IPPROTO_TCP, ssock.TCP_NODELAY, 1)
+    assert s.getsockopt(ssock.IPPROTO_TCP, ssock.TCP_NODELAY) == 1
+    # Linux doubles SO_RCVBUF and SO_SNDBUF and clamps them to rmem_max/wmem_max.
+    s.setsockopt(ssock.SOL_SOCKET, ssock.SO_RCVBUF, 65536)
+    assert s.getsockopt(ssock.SOL_SOCKET, ssock.SO_RCVBUF) == 131072
+    s.setsockopt(ssock.SOL_SOCKET, ssock.SO_SNDBUF, 1)
+    assert s.getsockopt(ssock.SOL_SOCKET, ssock.SO_SNDBUF) == 4608
+    assert s.getsockopt(ssock.SOL_SOCKET, __import__("socket").SO_TYPE) == ssock.SOCK_STREAM
+    with pytest.raises(OSError) as raised:
+        s.setsockopt(ssock.IPPROTO_TCP, 9999, 1)
+    assert raised.value.errno == errno.ENOPROTOOPT
+    s.close()
+
+
+def test_recv_timeout_raises_timeouterror(client):
+    conn, server_side = connected_pair(client)
+    conn.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        conn.recv(10)
+    conn.close()
+    server_side.close()
+
+
+def test_poll_reports_readable_and_writable(client):
+    conn, server_side = connected_pair(client)
+    ready = dict(ssock.poll([(server_side, ssock.POLLIN)], 0))
+    assert server_side not in ready
+    conn.sendall(b"x")
+    ready = dict(ssock.poll([(server_side, ssock.POLLIN | ssock.POLLOUT)], 5))
+    assert ready[server_side] & ssock.POLLIN
+    assert ready[server_side] & ssock.POLLOUT
+    conn.close()
+    server_side.close()
+
+
+def test_peer_close_gives_eof_and_pollhup(client):
+    conn, server_side = connected_pair(client)
+    conn.close()
+    server_side.settimeout(5)
+    assert server_side.recv(10) == b""
+    server_side.close()
+
+
+def test_nonblocking_connect_completes_via_poll(client):
+    listener = ssock.socket(ssock.AF_INET, ssock.SOCK_STREAM, client=client)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    conn = ssock.socket(ssock.AF_INET, ssock.SOCK_STREAM, client=client)
+    conn.setblocking(False)
+    code = conn.connect_ex(listener.getsockname())
+    assert code in (0, errno.EINPROGRESS)
+    ready = dict(ssock.poll([(conn, ssock.POLLOUT)], 5))
+    assert ready[conn] & ssock.POLLOUT
+    assert conn.getsockopt(ssock.SOL_SOCKET, __import__("socket").SO_ERROR) == 0
+    assert conn.getpeername() == listener.getsockname()
+    conn.close()
+    listener.close()
+
+
+def test_full_udp_receive_buffer_drops_and_counts(client):
+    receiver = ssock.socket(ssock.AF_INET, ssock.SOCK_DGRAM, client=client)
+    receiver.setsockopt(ssock.SOL_SOCKET, ssock.SO_RCVBUF, 4096)
+    receiver.bind(("127.0.0.1", 0))
+    sender = ssock.socket(ssock.AF_INET, ssock.SOCK_DGRAM, client=client)
+    counters = {c.name: c.value for c in client.info("GetCounters").counters}
+    for _ in range(40):
+        sender.sendto(b"x" * 1000, receiver.getsockname())
+    received = 0
+    receiver.settimeout(0.5)
+    try:
+        while True:
+            receiver.recv(2000)
+            received += 1
+    except TimeoutError:
+        pass
+    after = {c.name: c.value for c in client.info("GetCounters").counters}
+    assert 0 < received < 40
+    assert after["Udp.RcvbufErrors"] - counters["Udp.RcvbufErrors"] == 40 - received
+    receiver.close()
+    sender.close()
+
+
+def test_sendto_without_address_is_edestaddrreq(client):
+    udp = ssock.socket(ssock.AF_INET, ssock.SOCK_DGRAM, client=client)
+    with pytest.raises(OSError) as raised:
+        udp.send(b"x")
+    assert raised.value.errno == errno.EDESTADDRREQ
+    udp.close()
+
+
+def test_udp_to_closed_loopback_port_is_econnrefused(client):
+    udp = ssock.socket(ssock.AF_INET, ssock.SOCK_DGRAM, client=client)
+    udp.connect(("127.0.0.1", 9))
+    udp.send(b"anyone?")
+    udp.settimeout(2)
+    with pytest.raises(ConnectionRefusedError):
+        udp.recv(10)
+    udp.close()
+
+
+def test_connect_to_closed_loopback_port_is_refused(client):
+    conn = ssock.socket(ssock.AF_INET, ssock.SOCK_STREAM, client=client)
+    conn.settimeout(5)
+    assert conn.connect_ex(("127.0.0.1", 1)) == errno.ECONNREFUSED
+    conn.close()
