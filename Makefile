@@ -7,7 +7,7 @@ PROTOS   := $(wildcard protos/sandnet/v1/*.proto)
 STUBS    := $(patsubst protos/%.proto,%_pb2.py,$(PROTOS))
 STAMP    := $(VENV)/.installed
 
-.PHONY: setup proto demo test test-unit test-integration lint clean
+.PHONY: setup proto demo test test-unit test-integration compose-check bench lint clean
 
 setup: $(STAMP) proto
 
@@ -27,6 +27,11 @@ sandnet/v1/%_pb2.py: protos/sandnet/v1/%.proto $(STAMP)
 demo: setup
 	$(PYTHON) scripts/demo.py
 
+# Every workload against sandnet and the Linux kernel, about 10 minutes, as
+# root; prints a table and writes bench/out/latest.json.
+bench: setup
+	$(PYTHON) bench/run.py $(BENCH_ARGS)
+
 test: setup
 	$(PYTHON) -m pytest -ra $(PYTEST_ARGS)
 
@@ -35,6 +40,16 @@ test-unit: setup
 
 test-integration: setup
 	$(PYTHON) -m pytest -ra tests/integration $(PYTEST_ARGS)
+
+# Validate deploy/docker-compose.yml in each network mode with the real
+# docker-compose tool; its config command needs no Docker engine.
+COMPOSE_ENV_FILES := deploy/.env deploy/none.env deploy/host.env
+
+compose-check: $(STAMP)
+	@for env in $(COMPOSE_ENV_FILES); do \
+		echo "docker-compose config with $$env"; \
+		docker-compose -f deploy/docker-compose.yml --env-file $$env config --quiet || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) sandnet/v1 .pytest_cache

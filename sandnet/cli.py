@@ -4,10 +4,13 @@
     sandnet [--sockd ENDPOINT] ping [-c COUNT] [-W TIMEOUT] HOST
     sandnet [--sockd ENDPOINT] get URL
     sandnet [--sockd ENDPOINT] ss
+    sandnet [--sockd ENDPOINT] stats
+    sandnet [--sockd ENDPOINT] run [--nameserver ADDRESS] -- COMMAND [ARGS...]
 """
 
 import argparse
 import os
+import shutil
 import struct
 import sys
 import time
@@ -17,6 +20,8 @@ from sandnet import netfmt
 
 ICMP_ECHO_REQUEST = 8
 ICMP_ECHO_REPLY = 0
+ICMPV6_ECHO_REQUEST = 128
+ICMPV6_ECHO_REPLY = 129
 # ping(8)'s default payload: an 8-byte timestamp and 48 pattern bytes.
 PING_PAYLOAD_BYTES = 56
 PING_INTERVAL_SECONDS = 1.0
@@ -42,12 +47,25 @@ def build_parser() -> argparse.ArgumentParser:
     ping.add_argument("-c", dest="count", type=int, default=4, help="echo requests to send (default 4)")
     ping.add_argument("-W", dest="wait", type=float, default=1.0,
                       help="seconds to wait for each reply (default 1)")
-    ping.add_argument("host", help="numeric IPv4 address or localhost")
+    ping.add_argument("host", help="IPv4 address or host name")
 
     get = commands.add_parser("get", help="fetch an http:// URL and print the body")
-    get.add_argument("url", help="http://HOST[:PORT]/PATH with a numeric host or localhost")
+    get.add_argument("url", help="http://HOST[:PORT]/PATH")
 
     commands.add_parser("ss", help="list sockets like ss -tuan")
+    commands.add_parser("stats", help="show protocol counters like netstat -s")
+
+    run = commands.add_parser(
+        "run", help="run a Python program with its socket module backed by sandnet",
+        description="Run COMMAND with sandnet.patch() applied to every Python interpreter it starts: "
+                    "the sandnet directory goes first on PYTHONPATH, and the directory of this "
+                    "interpreter first on PATH, so that python3 is one that can import sandnet. "
+                    "Programs in other languages run unchanged and are not redirected.")
+    run.add_argument("--nameserver", default=os.environ.get("SANDNET_NAMESERVER"),
+                     help="DNS server address(es) for name lookups over sandnet, comma-separated "
+                          "(default $SANDNET_NAMESERVER, else the nameserver lines of /etc/resolv.conf)")
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]",
+                     help="the program and its arguments")
     return parser
 
 
@@ -76,15 +94,47 @@ def run(args: argparse.Namespace) -> int:
         client = Client(args.sockd)
     except ValueError as error:
         raise CommandError(str(error)) from None
+    if args.command == "run":
+        # The check above proved that sockd answers; the program opens its own session.
+        client.close()
+        return command_run(args)
     with client:
         if args.command == "ip":
             return command_ip(client, args)
         if args.command == "ss":
             sys.stdout.write(netfmt.format_ss(client.info("ListSockets")))
             return 0
+        if args.command == "stats":
+            sys.stdout.write(netfmt.format_stats(client.info("GetCounters")))
+            return 0
         if args.command == "ping":
             return command_ping(client, args)
         return command_get(client, args)
+
+
+def command_run(args: argparse.Namespace) -> int:
+    """Replace this process with the program, its environment set up for sandnet.patch()."""
+    from sandnet import autopatch
+
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise CommandError("run needs a command, as in: sandnet run -- python3 app.py")
+
+    env = dict(os.environ)
+    if args.sockd:
+        env["SANDNET_SOCKD"] = args.sockd
+    if args.nameserver:
+        env["SANDNET_NAMESERVER"] = args.nameserver
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(autopatch.__file__), env.get("PYTHONPATH")]))
+    env["PATH"] = os.pathsep.join(filter(None, [os.path.dirname(sys.executable), env.get("PATH")]))
+
+    program = shutil.which(argv[0], path=env["PATH"])
+    if program is None:
+        print(f"sandnet run: command not found: {argv[0]}", file=sys.stderr)
+        return 127
+    sys.stdout.flush()
+    os.execve(program, argv, env)
+    return 0  # not reached: execve replaces the process or raises OSError
 
 
 def command_ip(client, args: argparse.Namespace) -> int:
@@ -112,12 +162,16 @@ def icmp_checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def echo_request(sequence: int) -> bytes:
-    """Build an ICMP echo request; the identifier is 0 because the ping socket sets it."""
+def echo_request(sequence: int, kind: int = ICMP_ECHO_REQUEST) -> bytes:
+    """Build an ICMP or ICMPv6 echo request; the identifier is 0 because the ping socket sets it.
+
+    The ICMPv6 checksum covers a pseudo-header that only the stack knows, so
+    the ping socket fills it; the ICMP checksum is filled here.
+    """
     payload = struct.pack("!d", time.time()) + bytes(range(PING_PAYLOAD_BYTES - 8))
-    header = struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, 0, 0, sequence)
-    checksum = icmp_checksum(header + payload)
-    return struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, checksum, 0, sequence) + payload
+    header = struct.pack("!BBHHH", kind, 0, 0, 0, sequence)
+    checksum = icmp_checksum(header + payload) if kind == ICMP_ECHO_REQUEST else 0
+    return struct.pack("!BBHHH", kind, 0, checksum, 0, sequence) + payload
 
 
 def command_ping(client, args: argparse.Namespace) -> int:
@@ -128,13 +182,16 @@ def command_ping(client, args: argparse.Namespace) -> int:
         raise CommandError(f"invalid count {args.count}: use -c 1 or more")
     if args.wait <= 0:
         raise CommandError(f"invalid timeout {args.wait}: use -W with a positive number of seconds")
-    address = snsocket.resolve_host(snsocket.AF_INET, args.host)
+    ipv6 = ":" in args.host
+    family, protocol = (snsocket.AF_INET6, snsocket.IPPROTO_ICMPV6) if ipv6 else (snsocket.AF_INET, snsocket.IPPROTO_ICMP)
+    request_kind, reply_kind = (ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY) if ipv6 else (ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY)
+    address = snsocket.resolve_host(family, args.host, client)
     host = netfmt.format_ip(address)
 
     rtts = []
     started = time.monotonic()
     try:
-        sock = snsocket.socket(snsocket.AF_INET, snsocket.SOCK_DGRAM, snsocket.IPPROTO_ICMP, client=client)
+        sock = snsocket.socket(family, snsocket.SOCK_DGRAM, protocol, client=client)
     except PermissionError:
         raise CommandError("cannot open an ICMP datagram socket: permission denied; in host mode, "
                            "sysctl net.ipv4.ping_group_range must include sockd's group") from None
@@ -142,8 +199,8 @@ def command_ping(client, args: argparse.Namespace) -> int:
         print(f"PING {args.host} ({host}) {PING_PAYLOAD_BYTES}({PING_PAYLOAD_BYTES + 28}) bytes of data.")
         for sequence in range(1, args.count + 1):
             sent_at = time.monotonic()
-            sock.sendto(echo_request(sequence), (host, 0))
-            rtt = wait_for_reply(sock, sequence, sent_at, args.wait)
+            sock.sendto(echo_request(sequence, request_kind), (host, 0))
+            rtt = wait_for_reply(sock, sequence, sent_at, args.wait, reply_kind)
             if rtt is not None:
                 rtts.append(rtt)
                 print(f"{PING_PAYLOAD_BYTES + 8} bytes from {host}: icmp_seq={sequence} time={rtt:.3f} ms")
@@ -161,7 +218,8 @@ def command_ping(client, args: argparse.Namespace) -> int:
     return 0 if rtts else 1
 
 
-def wait_for_reply(sock, sequence: int, sent_at: float, wait: float) -> float | None:
+def wait_for_reply(sock, sequence: int, sent_at: float, wait: float, reply_kind: int = ICMP_ECHO_REPLY
+                   ) -> float | None:
     """Read until the echo reply for ``sequence`` arrives; return its rtt in ms, or None after ``wait`` seconds."""
     deadline = sent_at + wait
     while True:
@@ -176,7 +234,7 @@ def wait_for_reply(sock, sequence: int, sent_at: float, wait: float) -> float | 
         if len(packet) < 8:
             continue
         kind, _, _, _, reply_sequence = struct.unpack("!BBHHH", packet[:8])
-        if kind == ICMP_ECHO_REPLY and reply_sequence == sequence:
+        if kind == reply_kind and reply_sequence == sequence:
             return (time.monotonic() - sent_at) * 1000
 
 

@@ -76,6 +76,8 @@ class Client:
         self.sockets = sockets_pb2_grpc.SocketsStub(self._channel)
         self.netinfo = sockets_pb2_grpc.NetinfoStub(self._channel)
         self._closed = threading.Event()
+        self._resolver = None
+        self._resolver_lock = threading.Lock()
         self._keeper = threading.Thread(target=self._hold_session, name=f"sandnet-session-{self.session[:8]}",
                                         daemon=True)
         self._keeper.start()
@@ -113,6 +115,21 @@ class Client:
         except grpc.RpcError as error:
             raise ConnectionError(f"sockd at {self.endpoint}: {method} failed: {error.code().name}: "
                                   f"{error.details()}") from None
+
+    def call_future(self, method: str, request, timeout_ms: int | None = None) -> grpc.Future:
+        """Start a Sockets call and return its grpc.Future; result() raises grpc.RpcError on failure."""
+        deadline = None if timeout_ms is None or timeout_ms < 0 else timeout_ms / 1000 + 30
+        return getattr(self.sockets, method).future(request, metadata=self.metadata, timeout=deadline)
+
+    def resolver(self):
+        """Return this client's sandnet.resolver.Resolver, created on first use from the environment."""
+        with self._resolver_lock:
+            if self._resolver is None:
+                from sandnet import resolver, socket
+
+                self._resolver = resolver.Resolver(
+                    lambda family: socket.socket(family, socket.SOCK_DGRAM, client=self))
+            return self._resolver
 
     def info(self, method: str):
         """Call a Netinfo method (ListInterfaces, ListRoutes, ListSockets, GetCounters)."""

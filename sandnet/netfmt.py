@@ -118,3 +118,22 @@ def format_ss(sockets) -> str:
                  row[3].rjust(widths[3]), row[4].rjust(widths[4]), row[5].ljust(widths[5])]
         lines.append(" ".join(cells).rstrip())
     return "\n".join(lines) + "\n"
+
+
+def format_stats(counters) -> str:
+    """Format a CounterList like ``netstat -s``: one block per protocol, then "Name: value" lines.
+
+    Counter names are "Protocol.Name" as in /proc/net/snmp; the protocols keep
+    the order of their first counter.
+    """
+    groups: dict[str, list[tuple[str, int]]] = {}
+    for counter in counters.counters:
+        protocol, sep, name = counter.name.partition(".")
+        if not sep:
+            protocol, name = "Other", counter.name
+        groups.setdefault(protocol, []).append((name, counter.value))
+    lines = []
+    for protocol, entries in groups.items():
+        lines.append(f"{protocol}:")
+        lines.extend(f"    {name}: {value}" for name, value in entries)
+    return "\n".join(lines) + "\n" if lines else ""

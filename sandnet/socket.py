@@ -1,10 +1,18 @@
 """A work-alike of the standard library's socket.socket whose calls go to sockd.
 
 Supported: IPv4 and IPv6 stream and datagram sockets, including ICMP
-datagram sockets. Descriptor numbers are sockd's, not the process's, so a
-sandnet socket cannot be passed to select() or os functions; use poll()
-from this module instead. Host names other than "localhost" are not
-resolved yet and raise socket.gaierror.
+datagram sockets; other families fail with EAFNOSUPPORT. socketpair() is
+the kernel's, because it is local IPC and not network.
+
+A sandnet socket has no OS descriptor. Its fileno() is a number of its own,
+at FILENO_BASE or above, so that it can share a selector with OS descriptors
+without colliding; select.select() rejects it as out of range. Wait on
+sandnet sockets with poll() from this module or with
+sandnet.selector.SandnetSelector, which selectors.DefaultSelector becomes
+under sandnet.patch().
+
+Host names resolve through sandnet.resolver: /etc/hosts, then DNS queries
+sent over sandnet UDP sockets.
 
 Reads on stream sockets ask sockd for at least RECV_CHUNK bytes and keep
 the surplus in a client-side buffer, so bulk transfers do not cost one RPC
@@ -13,25 +21,42 @@ per small read.
 
 import errno
 import io
+import itertools
 import math
 import os
 import socket as _socket
 import struct
+import threading
 import time
+import weakref
 
 from sandnet.client import Client
+from sandnet.resolver import ResolveError, reverse_lookup_hosts_file
 from sandnet.v1 import sockets_pb2, types_pb2
 
 from socket import (  # noqa: F401  re-exported for callers that replace the stdlib module
-    AF_INET, AF_INET6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP,
-    MSG_DONTWAIT, MSG_PEEK, MSG_TRUNC, MSG_WAITALL, SHUT_RD, SHUT_RDWR, SHUT_WR, SO_KEEPALIVE, SO_RCVBUF,
-    SO_REUSEADDR, SO_SNDBUF, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_STREAM, SOL_SOCKET, SOMAXCONN,
-    TCP_NODELAY, gaierror, getdefaulttimeout,
+    AF_INET, AF_INET6, AF_UNIX, AF_UNSPEC, AI_CANONNAME, AI_NUMERICHOST, AI_NUMERICSERV, AI_PASSIVE,
+    EAI_AGAIN, EAI_NONAME, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP,
+    MSG_DONTWAIT, MSG_PEEK, MSG_TRUNC, MSG_WAITALL, NI_NUMERICHOST, NI_NUMERICSERV, SHUT_RD, SHUT_RDWR,
+    SHUT_WR, SO_ERROR, SO_KEEPALIVE, SO_RCVBUF, SO_REUSEADDR, SO_SNDBUF, SOCK_CLOEXEC, SOCK_DGRAM,
+    SOCK_NONBLOCK, SOCK_RAW, SOCK_STREAM, SOL_SOCKET, SOMAXCONN, TCP_NODELAY, AddressFamily, SocketKind,
+    gaierror, getdefaulttimeout, gethostname, getservbyname, herror, inet_aton, inet_ntoa, inet_ntop,
+    inet_pton, setdefaulttimeout,
 )
 from select import POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, POLLPRI  # noqa: F401
 
 error = OSError
 timeout = TimeoutError
+
+# The stdlib's own socket class and socketpair(), saved before sandnet.patch()
+# can replace the module attributes.
+_KernelSocket = _socket.socket
+_kernel_socketpair = _socket.socketpair
+socketpair = _kernel_socketpair
+
+# The first fileno() of a sandnet socket. Linux's default fs.nr_open is 2**20,
+# so OS descriptors stay far below it unless that limit is raised past 2**30.
+FILENO_BASE = 1 << 30
 
 # The minimum bytes one Recv requests, and the maximum bytes one Send carries.
 RECV_CHUNK = 256 * 1024
@@ -56,28 +81,77 @@ def _timeout_ms(seconds: float | None) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
-def resolve_host(family: int, host: str) -> bytes:
-    """Return the packed address of a numeric host, "localhost" or "" (the wildcard).
+class _FileTable:
+    """The fileno() numbers of this process's open sandnet sockets.
 
-    Raise socket.gaierror for any other name, because sandnet has no DNS yet.
+    Selectors and asyncio identify a socket by its fileno() alone, so the
+    numbers are unique in the process across every Client, as OS descriptors
+    are, and SandnetSelector maps them back to sockets here.
     """
+
+    def __init__(self) -> None:
+        self._next = itertools.count(FILENO_BASE)
+        self._sockets: weakref.WeakValueDictionary[int, "socket"] = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
+
+    def add(self, sock: "socket") -> int:
+        with self._lock:
+            fileno = next(self._next)
+            self._sockets[fileno] = sock
+        return fileno
+
+    def remove(self, fileno: int) -> None:
+        with self._lock:
+            self._sockets.pop(fileno, None)
+
+    def get(self, fileno: int) -> "socket | None":
+        """Return the open sandnet socket with this fileno(), or None."""
+        return self._sockets.get(fileno)
+
+
+_files = _FileTable()
+
+
+def lookup_fileno(fileno: int) -> "socket | None":
+    """Return the open sandnet socket whose fileno() is ``fileno``, or None."""
+    return _files.get(fileno)
+
+
+def is_sandnet_fileno(fileno: int) -> bool:
+    """Return True if ``fileno`` is in the range of sandnet sockets rather than OS descriptors."""
+    return fileno >= FILENO_BASE
+
+
+def _numeric_address(family: int, host: str) -> bytes | None:
+    """Return the packed address of a numeric host, "localhost" or "" (the wildcard); None for a name."""
     if host == "":
         return b""
     if host == "<broadcast>" and family == AF_INET:
         return b"\xff\xff\xff\xff"
-    if host == "localhost":
+    if host.lower() == "localhost":
         host = "127.0.0.1" if family == AF_INET else "::1"
     try:
         return _socket.inet_pton(family, host.partition("%")[0])
     except OSError:
-        kind = "IPv4" if family == AF_INET else "IPv6"
-        raise gaierror(_socket.EAI_NONAME,
-                       f"{host!r} is not a numeric {kind} address: sandnet does not resolve host names yet, "
-                       "so use a numeric address or localhost") from None
+        return None
 
 
-def to_sockaddr(family: int, address) -> types_pb2.SockAddr:
-    """Convert a Python address tuple to a SockAddr, checking it as the stdlib does."""
+def resolve_host(family: int, host: str, client: Client | None = None) -> bytes:
+    """Return the packed address of ``host`` in ``family``: numeric, "localhost", "" or a name.
+
+    Names resolve through sandnet.resolver; a failure raises socket.gaierror.
+    """
+    packed = _numeric_address(family, host)
+    if packed is not None:
+        return packed
+    try:
+        return (client or Client.default()).resolver().resolve(host, family)[0]
+    except ResolveError as failure:
+        raise gaierror(failure.code, str(failure)) from None
+
+
+def to_sockaddr(family: int, address, client: Client | None = None) -> types_pb2.SockAddr:
+    """Convert a Python address tuple to a SockAddr, checking it as the stdlib does; names are resolved."""
     if family not in _IP_LENGTHS:
         _raise_errno(errno.EAFNOSUPPORT)
     name = "AF_INET" if family == AF_INET else "AF_INET6"
@@ -90,7 +164,7 @@ def to_sockaddr(family: int, address) -> types_pb2.SockAddr:
         raise TypeError(f"{name} address must be (str host, int port, ...), not {address!r}")
     if not 0 <= port <= 0xFFFF:
         raise OverflowError(f"port must be 0-65535, not {port}")
-    addr = types_pb2.SockAddr(ip=resolve_host(family, host), port=port)
+    addr = types_pb2.SockAddr(ip=resolve_host(family, host, client), port=port)
     if rest:
         addr.flowinfo = rest[0]
     if len(rest) > 1:
@@ -115,6 +189,9 @@ class socket:
 
     def __init__(self, family: int = AF_INET, type: int = SOCK_STREAM, proto: int = 0,
                  fileno: int | None = None, *, client: Client | None = None):
+        """Open a socket on sockd, or wrap ``fileno``, a descriptor that sockd already gave this client."""
+        if family == -1 or type == -1:
+            raise ValueError("sandnet sockets cannot detect the family or type of a descriptor; pass both")
         self._client = client or Client.default()
         self._family = family
         self._type = type & ~_TYPE_FLAGS
@@ -126,14 +203,15 @@ class socket:
                 _raise_errno(reply.errno)
             fileno = reply.fd
         self._fd = fileno
+        self._fileno = _files.add(self)
         self._timeout = 0.0 if type & SOCK_NONBLOCK else getdefaulttimeout()
         self._rbuf = bytearray()
         self._io_refs = 0
         self._closed = False
 
     def __repr__(self) -> str:
-        return (f"<sandnet.socket fd={self._fd}, family={self.family!r}, type={self.type!r}, "
-                f"proto={self._proto}>")
+        return (f"<sandnet.socket fd={self.fileno()}, sockd_fd={self._fd}, family={self.family!r}, "
+                f"type={self.type!r}, proto={self._proto}>")
 
     def __enter__(self) -> "socket":
         return self
@@ -154,8 +232,18 @@ class socket:
         return self._proto
 
     def fileno(self) -> int:
-        """Return sockd's descriptor number, -1 once closed. It is not an OS descriptor."""
+        """Return this socket's process-unique number, -1 once closed. It is not an OS descriptor."""
+        return self._fileno if self._fd >= 0 else -1
+
+    @property
+    def sockd_fd(self) -> int:
+        """The descriptor number that sockd gave this socket, -1 once closed."""
         return self._fd
+
+    @property
+    def client(self) -> Client:
+        """The sockd session that owns this socket."""
+        return self._client
 
     # Calls and errors.
 
@@ -184,8 +272,21 @@ class socket:
     def gettimeout(self) -> float | None:
         return self._timeout
 
+    @property
+    def timeout(self) -> float | None:
+        """The timeout in seconds, as the stdlib's socket.timeout attribute: None blocks, 0.0 never waits."""
+        return self._timeout
+
     def setblocking(self, flag: bool) -> None:
         self._timeout = None if flag else 0.0
+
+    def detach(self) -> int:
+        """Not supported: a sandnet socket has no OS descriptor to hand over."""
+        raise OSError(errno.EOPNOTSUPP, "a sandnet socket has no OS descriptor to detach")
+
+    def dup(self) -> "socket":
+        """Not supported: sockd has no call that duplicates a descriptor."""
+        raise OSError(errno.EOPNOTSUPP, "sandnet sockets cannot be duplicated")
 
     def getblocking(self) -> bool:
         return self._timeout != 0.0
@@ -193,7 +294,7 @@ class socket:
     # Addresses and connections.
 
     def bind(self, address) -> None:
-        addr = to_sockaddr(self._family, address)
+        addr = to_sockaddr(self._family, address, self._client)
         self._check(self._call("Bind", sockets_pb2.BindRequest(fd=self._fd, addr=addr)).errno)
 
     def listen(self, backlog: int = min(SOMAXCONN, 128)) -> None:
@@ -209,7 +310,7 @@ class socket:
 
     def connect_ex(self, address) -> int:
         """Connect and return 0 or the errno; a timeout returns EAGAIN, as the stdlib does."""
-        addr = to_sockaddr(self._family, address)
+        addr = to_sockaddr(self._family, address, self._client)
         timeout_ms = _timeout_ms(self._timeout)
         reply = self._call("Connect", sockets_pb2.ConnectRequest(fd=self._fd, addr=addr, timeout_ms=timeout_ms),
                            timeout_ms)
@@ -276,7 +377,7 @@ class socket:
             flags, address = 0, flags_or_address
         else:
             flags = flags_or_address
-        addr = to_sockaddr(self._family, address)
+        addr = to_sockaddr(self._family, address, self._client)
         return self._send(memoryview(data).cast("B"), flags, addr, _timeout_ms(self._timeout))
 
     # Receiving.
@@ -428,6 +529,7 @@ class socket:
         if self._io_refs > 0 or self._fd < 0:
             return
         fd, self._fd = self._fd, -1
+        _files.remove(self._fileno)
         self._rbuf.clear()
         try:
             self._client.call("Close", sockets_pb2.FdRequest(fd=fd))
@@ -524,18 +626,183 @@ def poll(entries, timeout: float | None = None) -> list[tuple[socket, int]]:
     return ready
 
 
+def _port_number(port, flags: int) -> int:
+    """Convert getaddrinfo's port (None, int, or a numeric or service name string) to a number."""
+    if port is None:
+        return 0
+    if isinstance(port, int):
+        return port
+    if isinstance(port, bytes):
+        port = port.decode("ascii")
+    if not isinstance(port, str):
+        raise TypeError(f"getaddrinfo() argument 2 must be int, str, bytes or None, not {type(port).__name__}")
+    if port.isdigit():
+        return int(port)
+    if flags & AI_NUMERICSERV:
+        raise gaierror(_socket.EAI_NONAME, f"invalid port {port!r}: AI_NUMERICSERV needs a number")
+    try:
+        # /etc/services is a local file, so this sends nothing on any network.
+        return getservbyname(port)
+    except OSError:
+        raise gaierror(_socket.EAI_SERVICE, f"unknown service {port!r}: use a port number") from None
+
+
+_LOOPBACK = {AF_INET: "127.0.0.1", AF_INET6: "::1"}
+
+# (type, protocol) pairs that getaddrinfo returns for a type of 0, as glibc does.
+_DEFAULT_SOCKET_KINDS = ((SOCK_STREAM, IPPROTO_TCP), (SOCK_DGRAM, IPPROTO_UDP), (SOCK_RAW, 0))
+
+
+def getaddrinfo(host, port, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0, *,
+                client: Client | None = None) -> list[tuple]:
+    """Resolve (host, port) like socket.getaddrinfo, with names looked up through sandnet.
+
+    IPv4 results come before IPv6 ones. A name resolves through /etc/hosts,
+    then DNS over sandnet UDP (sandnet.resolver); failures raise socket.gaierror.
+    """
+    if family not in (AF_UNSPEC, AF_INET, AF_INET6):
+        raise gaierror(_socket.EAI_FAMILY, f"address family {family} is not supported")
+    number = _port_number(port, flags)
+    if isinstance(host, bytes):
+        host = host.decode("idna")
+    families = [family] if family else [AF_INET, AF_INET6]
+
+    results: list[tuple[int, bytes]] = []
+    names: list[str] = []
+    if host is None:
+        for each in families:
+            results.append((each, b"" if flags & AI_PASSIVE else _socket.inet_pton(each, _LOOPBACK[each])))
+    else:
+        for each in families:
+            packed = _numeric_address(each, host)
+            if packed is not None:
+                results.append((each, packed))
+        if not results and flags & AI_NUMERICHOST:
+            raise gaierror(_socket.EAI_NONAME, f"{host!r} is not a numeric address (AI_NUMERICHOST)")
+        if not results and not any(_numeric_address(other, host) is not None for other in (AF_INET, AF_INET6)):
+            names.append(host)
+
+    failure = None
+    for name in names:
+        resolver = (client or Client.default()).resolver()
+        for each in families:
+            try:
+                results.extend((each, packed) for packed in resolver.resolve(name, each))
+            except ResolveError as error:
+                failure = failure or error
+    if not results:
+        if failure is not None:
+            raise gaierror(failure.code, str(failure))
+        raise gaierror(_socket.EAI_ADDRFAMILY, f"{host!r} has no address in family {family}")
+
+    kinds = [(type, proto)] if type else list(_DEFAULT_SOCKET_KINDS)
+    infos = []
+    for index, (each, packed) in enumerate(results):
+        sockaddr = from_sockaddr(each, types_pb2.SockAddr(ip=packed, port=number))
+        for kind, protocol in kinds:
+            canonical = host if flags & AI_CANONNAME and index == 0 and host else ""
+            infos.append((AddressFamily(each), SocketKind(kind), protocol or _default_protocol(kind, proto),
+                          canonical, sockaddr))
+    return infos
+
+
+def _default_protocol(kind: int, proto: int) -> int:
+    if proto:
+        return proto
+    return {SOCK_STREAM: IPPROTO_TCP, SOCK_DGRAM: IPPROTO_UDP}.get(kind, 0)
+
+
+def gethostbyname(hostname: str, *, client: Client | None = None) -> str:
+    """Return the first IPv4 address of ``hostname`` as a string."""
+    return inet_ntop(AF_INET, resolve_host(AF_INET, hostname, client))
+
+
+def gethostbyname_ex(hostname: str, *, client: Client | None = None) -> tuple[str, list[str], list[str]]:
+    """Return (hostname, aliases, IPv4 addresses) like socket.gethostbyname_ex; aliases are always empty."""
+    infos = getaddrinfo(hostname, None, AF_INET, SOCK_STREAM, client=client)
+    return hostname, [], [info[4][0] for info in infos]
+
+
+def gethostbyaddr(ip_address: str) -> tuple[str, list[str], list[str]]:
+    """Return (name, aliases, [address]) from /etc/hosts; raise socket.herror when it has no entry.
+
+    Reverse lookups over DNS (PTR records) are not implemented.
+    """
+    found = reverse_lookup_hosts_file(ip_address)
+    if found is None:
+        raise herror(1, f"{ip_address!r}: unknown host (sandnet looks up addresses in /etc/hosts only)")
+    name, aliases = found
+    return name, aliases, [ip_address]
+
+
+def getfqdn(name: str = "") -> str:
+    """Return a fully qualified name for ``name``, as socket.getfqdn does, using /etc/hosts only."""
+    name = name.strip()
+    if not name or name in ("0.0.0.0", "::"):
+        name = gethostname()
+    try:
+        hostname, aliases, _ = gethostbyaddr(name)
+    except OSError:
+        return name
+    for candidate in [hostname, *aliases]:
+        if "." in candidate:
+            return candidate
+    return hostname
+
+
+def getnameinfo(sockaddr: tuple, flags: int) -> tuple[str, str]:
+    """Return (host, port) as numeric strings; names are never looked up."""
+    return _socket.getnameinfo(sockaddr, flags | NI_NUMERICHOST | NI_NUMERICSERV)
+
+
+def has_dualstack_ipv6() -> bool:
+    """Return False: sandnet has no dual-stack (IPV6_V6ONLY=0) sockets."""
+    return False
+
+
 def create_connection(address, timeout=_GLOBAL_DEFAULT_TIMEOUT, source_address=None, *,
-                      client: Client | None = None) -> socket:
-    """Connect a TCP socket to (host, port), like the stdlib's socket.create_connection."""
+                      all_errors: bool = False, client: Client | None = None) -> socket:
+    """Connect a TCP socket to (host, port), like the stdlib's socket.create_connection.
+
+    Each address of the host is tried in getaddrinfo's order; the last error
+    is raised, or an ExceptionGroup of all of them with ``all_errors``.
+    """
     host, port = address
-    family = AF_INET6 if ":" in host else AF_INET
+    errors = []
+    for family, kind, protocol, _, sockaddr in getaddrinfo(host, port, 0, SOCK_STREAM, client=client):
+        sock = None
+        try:
+            sock = socket(family, kind, protocol, client=client)
+            if timeout is not _GLOBAL_DEFAULT_TIMEOUT:
+                sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as failure:
+            errors.append(failure)
+            if sock is not None:
+                sock.close()
+    if all_errors:
+        raise ExceptionGroup("create_connection failed", errors)
+    raise errors[-1] if errors else OSError(f"getaddrinfo returned no address for {host!r}")
+
+
+def create_server(address, *, family: int = AF_INET, backlog: int | None = None, reuse_port: bool = False,
+                  dualstack_ipv6: bool = False, client: Client | None = None) -> socket:
+    """Bind a listening TCP socket to ``address``, like the stdlib's socket.create_server."""
+    if dualstack_ipv6:
+        raise ValueError("dualstack_ipv6 is not supported by sandnet sockets")
+    if reuse_port:
+        raise ValueError("SO_REUSEPORT is not supported by sandnet sockets")
     sock = socket(family, SOCK_STREAM, client=client)
     try:
-        if timeout is not _GLOBAL_DEFAULT_TIMEOUT:
-            sock.settimeout(timeout)
-        if source_address:
-            sock.bind(source_address)
-        sock.connect((host, port))
+        sock.setsockopt(SOL_SOCKET, SO_REUSEADDR, 1)
+        sock.bind(address)
+        if backlog is None:
+            sock.listen()
+        else:
+            sock.listen(backlog)
     except BaseException:
         sock.close()
         raise

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Prepare a fresh machine for sandnet: the Debian tools the demo and tests
-# drive (iproute2, ping, curl), a virtual environment, and the project
+# drive (iproute2, ping, curl, dnsmasq-base as the peer's DNS server,
+# docker-compose for `make compose-check`), a virtual environment, and the project
 # installed into it in editable mode with its development dependencies.
 set -euo pipefail
 
 venv=${1:-.venv}
-debs=(iproute2 iputils-ping curl)
+debs=(iproute2 iputils-ping curl dnsmasq-base docker-compose)
 
 missing=()
 for pkg in "${debs[@]}"; do
@@ -18,7 +19,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
     echo "setup: installing Debian packages: ${missing[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    # Without recommends, docker-compose does not pull in the Docker engine.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
 if [ ! -x "$venv/bin/python" ]; then

@@ -269,3 +269,68 @@ def start_sockd(stack_path: str, listen_path: str, network: str = "sandbox", ext
     argv = [os.path.join(BIN_DIR, "sandnet-sockd"), "--stack", f"unix:{stack_path}", "--listen", f"unix:{listen_path}",
             "--network", network, *extra]
     return ServiceProcess(argv, listen_path, ns)
+
+
+class RouterTopology:
+    """A sandbox and a peer namespace on two subnets joined by a router namespace.
+
+    sandbox (``sandbox_if``) <-> (``router_in``) router (``router_out``) <-> (``peer_if``) peer
+
+    Both links have an MTU of 1500 bytes, but the router's routes towards the
+    peer's subnet carry a locked MTU of ``path_mtu``, so the router forwards
+    nothing larger in that direction: it sends ICMP fragmentation needed (for
+    IPv4 with DF set) or Packet Too Big (IPv6), and fragments IPv4 datagrams
+    without DF, while either end still sees a 1500-byte link.
+    """
+
+    def __init__(self, sandbox: Netns, router: Netns, peer: Netns, subnet: int, path_mtu: int):
+        self.sandbox = sandbox
+        self.router = router
+        self.peer = peer
+        self.path_mtu = path_mtu
+        self.sandbox_if = unique_name("sns")
+        self.router_in = unique_name("snr")
+        self.router_out = unique_name("snr")
+        self.peer_if = unique_name("snp")
+        high, low = subnet >> 8, subnet & 0xFF
+        self.router_ip = f"10.{high}.{low}.1"
+        self.sandbox_ip = f"10.{high}.{low}.2"
+        self.router_far_ip = f"10.{high ^ 0x80}.{low}.1"
+        self.peer_ip = f"10.{high ^ 0x80}.{low}.2"
+        self.peer_subnet = f"10.{high ^ 0x80}.{low}.0/24"
+        self.router_ip6 = f"fd00:5b:{subnet:x}::1"
+        self.sandbox_ip6 = f"fd00:5b:{subnet:x}::2"
+        self.router_far_ip6 = f"fd00:5c:{subnet:x}::1"
+        self.peer_ip6 = f"fd00:5c:{subnet:x}::2"
+        self.peer_subnet6 = f"fd00:5c:{subnet:x}::/64"
+
+
+@contextlib.contextmanager
+def router_topology(path_mtu: int = 1280) -> Iterator[RouterTopology]:
+    """Build a RouterTopology whose router limits the path towards the peer to
+    ``path_mtu`` bytes, and remove it on exit."""
+    require_root()
+    subnet = secrets.randbelow(0x7FFF)
+    with Netns() as sandbox, Netns() as router, Netns() as peer:
+        topo = RouterTopology(sandbox, router, peer, subnet, path_mtu)
+        veth_pair(sandbox, topo.sandbox_if, router, topo.router_in)
+        veth_pair(router, topo.router_out, peer, topo.peer_if)
+        router.run("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+
+        sandbox.run("ip", "addr", "add", f"{topo.sandbox_ip}/24", "dev", topo.sandbox_if)
+        router.run("ip", "addr", "add", f"{topo.router_ip}/24", "dev", topo.router_in)
+        router.run("ip", "addr", "add", f"{topo.router_far_ip}/24", "dev", topo.router_out)
+        peer.run("ip", "addr", "add", f"{topo.peer_ip}/24", "dev", topo.peer_if)
+        for ns, address, device in ((sandbox, topo.sandbox_ip6, topo.sandbox_if), (router, topo.router_ip6, topo.router_in),
+                                    (router, topo.router_far_ip6, topo.router_out), (peer, topo.peer_ip6, topo.peer_if)):
+            ns.run("ip", "-6", "addr", "add", f"{address}/64", "dev", device, "nodad")
+
+        sandbox.run("ip", "route", "add", "default", "via", topo.router_ip, "dev", topo.sandbox_if)
+        sandbox.run("ip", "-6", "route", "add", "default", "via", topo.router_ip6, "dev", topo.sandbox_if)
+        peer.run("ip", "route", "add", "default", "via", topo.router_far_ip, "dev", topo.peer_if)
+        peer.run("ip", "-6", "route", "add", "default", "via", topo.router_far_ip6, "dev", topo.peer_if)
+        router.run("ip", "route", "replace", topo.peer_subnet, "dev", topo.router_out, "mtu", "lock", str(path_mtu))
+        # Metric 256 is the kernel's own route for the subnet, which this replaces.
+        router.run("ip", "-6", "route", "replace", topo.peer_subnet6, "dev", topo.router_out, "metric", "256",
+                   "mtu", "lock", str(path_mtu))
+        yield topo

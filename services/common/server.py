@@ -65,11 +65,31 @@ class Service:
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._service_names: list[str] = [health.SERVICE_NAME]
+        self._stop_hooks: list[Callable[[], None]] = []
 
     def add(self, register: Callable[[object, grpc.aio.Server], None], servicer: object, full_name: str) -> None:
         """Register a servicer; ``full_name`` is its proto name, as sandnet.v1.Link."""
         register(servicer, self.server)
         self._service_names.append(full_name)
+
+    def _set_socket_access(self, path: str, owner: tuple[int, int] | None, mode: int | None) -> None:
+        """Apply --listen-owner and --listen-mode; raise ListenError naming the path when that fails."""
+        try:
+            if owner is not None:
+                os.chown(path, *owner)
+            if mode is not None:
+                os.chmod(path, mode)
+        except OSError as error:
+            raise ListenError(f"cannot set owner or mode of unix:{path}: {error.strerror}") from None
+        if owner is not None or mode is not None:
+            status = os.stat(path)
+            self.log.info("unix:%s owned by %d:%d with mode %04o", path, status.st_uid, status.st_gid,
+                          status.st_mode & 0o777)
+
+    def add_stop_hook(self, hook: Callable[[], None]) -> None:
+        """Run ``hook()`` at shutdown before the server stops, so that it can
+        end blocked calls with a reply instead of a cancellation."""
+        self._stop_hooks.append(hook)
 
     async def set_serving(self, serving: bool, names: Iterable[str] | None = None) -> None:
         """Report SERVING or NOT_SERVING for the given services and the server as a whole."""
@@ -79,11 +99,13 @@ class Service:
             if asyncio.iscoroutine(result):
                 await result
 
-    async def run(self, listen: Endpoint, main: Callable[[], Awaitable[None]] | None = None) -> None:
+    async def run(self, listen: Endpoint, main: Callable[[], Awaitable[None]] | None = None,
+                  owner: tuple[int, int] | None = None, mode: int | None = None) -> None:
         """Serve on ``listen`` until SIGTERM or SIGINT, running ``main`` beside the server.
 
-        If ``main`` returns or raises, the server stops too; its exception
-        propagates to the caller.
+        ``owner`` (uid, gid) and ``mode`` apply to a unix socket once it
+        exists. If ``main`` returns or raises, the server stops too; its
+        exception propagates to the caller.
         """
         reflection.enable_server_reflection(self._service_names + [reflection.SERVICE_NAME], self.server)
         if listen.kind == "unix":
@@ -92,6 +114,12 @@ class Service:
         if listen.kind == "tcp" and bound == 0:
             raise ListenError(f"cannot listen on {listen}: the address is in use or not local")
         await self.server.start()
+        if listen.kind == "unix":
+            try:
+                self._set_socket_access(listen.path, owner, mode)
+            except ListenError:
+                await self.server.stop(None)
+                raise
         self.log.info("%s listening on %s", self.name, listen)
 
         stop = asyncio.Event()
@@ -111,6 +139,8 @@ class Service:
                 if not task.done():
                     task.cancel()
             await asyncio.gather(*waiters, return_exceptions=True)
+            for hook in self._stop_hooks:
+                hook()
             await self.server.stop(grace=1.0)
             if listen.kind == "unix" and os.path.exists(listen.path):
                 os.unlink(listen.path)

@@ -3,8 +3,8 @@ interface, or a TAP device.
 
 Both classes share one interface: ``fileno()`` for the event loop,
 ``read_batch()`` to drain ready frames and ``write_batch()`` to send frames.
-Software GSO (cutting oversized TCP segments before a device that cannot
-take them) belongs behind this seam as well.
+Without a virtio-net header on the device, ``write_batch()`` cuts GSO frames
+from stackd in software (gso.py) when software GSO is on.
 """
 
 import dataclasses
@@ -18,7 +18,7 @@ import struct
 
 from pyroute2 import IPRoute
 
-from sandnet_linkd import vnet
+from sandnet_linkd import gso, vnet
 from sandnet_linkd.ratelimit import RateLimitedLog
 
 # linux/if_ether.h and linux/if_packet.h; Python 3.11's socket module lacks most of these.
@@ -44,11 +44,20 @@ IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+TUN_F_TSO_ECN = 0x08
 
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 # Large enough for a GSO frame and its virtio-net header, so reads never truncate.
 RX_BUFFER_BYTES = vnet.HEADER_SIZE + vnet.MAX_GSO_FRAME_SIZE + 64
 IFNAMSIZ = 16
+
+
+# --gso values: "true" exchanges a virtio-net header with the device (falling
+# back to "software" where the kernel refuses one), "software" cuts GSO
+# frames in linkd, and "false" passes plain MTU-sized frames only.
+GSO_MODES = ("true", "software", "false")
 
 
 class DeviceError(RuntimeError):
@@ -122,6 +131,13 @@ class Counters:
     tx_bytes: int = 0
     tx_dropped: int = 0
     tx_errors: int = 0
+    # Frames whose virtio-net header carried a GSO type, each counted once.
+    rx_gso_frames: int = 0
+    tx_gso_frames: int = 0
+    # Frames that software GSO produced from tx_gso_frames.
+    tx_gso_segments: int = 0
+    # Received frames dropped because their virtio-net header was invalid.
+    rx_invalid: int = 0
 
 
 RxFrame = tuple[bytes, vnet.VnetHeader | None]
@@ -134,7 +150,10 @@ class Device:
     ``vnet_header`` is true when frames carry a virtio-net header on the
     device. ``read_batch()`` returns the header (None when all zero), and
     ``write_batch()`` writes the given header, all zero for a plain frame.
-    Counters are updated here, except rx_dropped, which the caller counts.
+    With ``software_gso`` and no virtio-net header, ``write_batch()`` cuts
+    GSO frames and fills NEEDS_CSUM checksums itself. ``offload_path``
+    describes the path taken, for the log. Counters are updated here, except
+    rx_dropped, which the caller counts.
     """
 
     kind = ""
@@ -144,6 +163,9 @@ class Device:
         self.index = index
         self.mtu = mtu
         self.vnet_header = vnet_header
+        self.software_gso = False
+        self.tso = vnet_header
+        self.offload_path = ""
         self.counters = counters
         self.log = log
         self.limited_log = RateLimitedLog(log)
@@ -179,6 +201,14 @@ class Device:
                 continue
 
             data, header = received
+            if header is not None:
+                reason = vnet.check_received(len(data), header)
+                if reason is not None:
+                    self.counters.rx_invalid += 1
+                    self.limited_log.warning("rx-invalid", "dropped a frame from %s %s: %s", self.kind, self.name, reason)
+                    continue
+                if header.gso_type != vnet.GSO_NONE:
+                    self.counters.rx_gso_frames += 1
             self.counters.rx_frames += 1
             self.counters.rx_bytes += len(data)
             frames.append((data, header))
@@ -188,31 +218,58 @@ class Device:
         """Check and write frames without blocking; count and drop the ones that fail."""
         for data, header in frames:
             reason = vnet.check_frame(len(data), header, self.mtu)
-            if reason is None and not self.vnet_header and not header.is_zero():
+            if reason is None and not self.vnet_header and not self.software_gso and not header.is_zero():
                 reason = "frame carries GSO or checksum offload metadata but linkd runs with --gso=false"
             if reason is not None:
                 self.counters.tx_dropped += 1
                 self.limited_log.warning("tx-invalid", "dropped a frame for %s %s: %s", self.kind, self.name, reason)
                 continue
 
-            packet = header.pack() + data if self.vnet_header else data
-            try:
-                self._send(packet)
-            except (BlockingIOError, InterruptedError):
-                self.counters.tx_dropped += 1
-                self.limited_log.warning("tx-full", "dropped a frame for %s %s: the device queue is full", self.kind, self.name)
-                continue
-            except OSError as error:
-                if error.errno == errno.ENOBUFS:
-                    self.counters.tx_dropped += 1
-                    self.limited_log.warning("tx-full", "dropped a frame for %s %s: no buffer space", self.kind, self.name)
-                else:
-                    self.counters.tx_errors += 1
-                    self.limited_log.warning("tx-error", "write to %s %s failed: %s", self.kind, self.name, error)
-                continue
+            if header.gso_type != vnet.GSO_NONE:
+                self.counters.tx_gso_frames += 1
+            if self.vnet_header:
+                self._write(header.pack() + data, len(data))
+            elif header.is_zero():
+                self._write(data, len(data))
+            else:
+                self._write_in_software(data, header)
 
-            self.counters.tx_frames += 1
-            self.counters.tx_bytes += len(data)
+    def _write_in_software(self, data: bytes, header: vnet.VnetHeader) -> None:
+        """Segment a GSO frame or fill a NEEDS_CSUM checksum, then write the plain frames."""
+        try:
+            if header.gso_type != vnet.GSO_NONE:
+                packets = gso.segment(data, header)
+                self.counters.tx_gso_segments += len(packets)
+            elif header.flags & vnet.FLAG_NEEDS_CSUM:
+                packets = [gso.complete_checksum(data, header)]
+            else:
+                packets = [data]
+        except gso.GsoError as error:
+            self.counters.tx_dropped += 1
+            self.limited_log.warning("tx-invalid", "dropped a frame for %s %s: %s", self.kind, self.name, error)
+            return
+        for packet in packets:
+            self._write(packet, len(packet))
+
+    def _write(self, packet: bytes, frame_size: int) -> None:
+        """Write one packet to the device; count it, or count and log the failure."""
+        try:
+            self._send(packet)
+        except (BlockingIOError, InterruptedError):
+            self.counters.tx_dropped += 1
+            self.limited_log.warning("tx-full", "dropped a frame for %s %s: the device queue is full", self.kind, self.name)
+            return
+        except OSError as error:
+            if error.errno == errno.ENOBUFS:
+                self.counters.tx_dropped += 1
+                self.limited_log.warning("tx-full", "dropped a frame for %s %s: no buffer space", self.kind, self.name)
+            else:
+                self.counters.tx_errors += 1
+                self.limited_log.warning("tx-error", "write to %s %s failed: %s", self.kind, self.name, error)
+            return
+
+        self.counters.tx_frames += 1
+        self.counters.tx_bytes += frame_size
 
 
 def link_index(name: str) -> int | None:
@@ -239,11 +296,12 @@ class PacketDevice(Device):
 
     kind = "veth"
 
-    def __init__(self, name: str, vnet_header: bool, counters: Counters, log: logging.Logger):
+    def __init__(self, name: str, gso_mode: str, counters: Counters, log: logging.Logger):
         index = link_index(name)
         if index is None:
             raise DeviceError(f"device {name} not found in this network namespace; create it or fix --device")
-        super().__init__(name, index, _link_mtu(index), vnet_header, counters, log)
+        super().__init__(name, index, _link_mtu(index), gso_mode == "true", counters, log)
+        self.software_gso = gso_mode == "software"
 
         # Protocol 0 receives nothing until bind(), so no frame of another interface slips in.
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, 0)
@@ -259,9 +317,27 @@ class PacketDevice(Device):
         self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SOCKET_BUFFER_BYTES)
         self.sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SOCKET_BUFFER_BYTES)
         if self.vnet_header:
-            self.sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
-        else:
+            try:
+                self.sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+            except OSError as error:
+                self.log.warning("PACKET_VNET_HDR is not available on %s (%s); falling back to software GSO",
+                                 self.name, error.strerror)
+                self.vnet_header = False
+                self.software_gso = True
+        if not self.vnet_header:
             self.sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+
+        # The kernel cuts GSO frames written here in software when the device
+        # lacks TSO, so the features only change where the cutting happens.
+        features = device_features(self.name, self.log)
+        tso = features.get("tx-tcp-segmentation")
+        if self.vnet_header:
+            self.offload_path = ("PACKET_VNET_HDR: GRO-merged frames in, GSO frames out"
+                                 f" (device TSO {'on' if tso else 'off or unknown, so the kernel segments in software'})")
+        elif self.software_gso:
+            self.offload_path = "software GSO in linkd, PACKET_AUXDATA for checksum status"
+        else:
+            self.offload_path = "PACKET_AUXDATA (checksum status only), MTU-sized frames out"
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -310,9 +386,10 @@ class TapDevice(Device):
 
     kind = "tap"
 
-    def __init__(self, name: str, vnet_header: bool, counters: Counters, log: logging.Logger):
+    def __init__(self, name: str, gso_mode: str, counters: Counters, log: logging.Logger):
         existing_index = link_index(name)
         self.created = existing_index is None
+        vnet_header = gso_mode == "true"
 
         flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet_header else 0)
         self.fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -320,8 +397,7 @@ class TapDevice(Device):
             fcntl.ioctl(self.fd, TUNSETIFF, struct.pack("16sH", name.encode(), flags))
             if vnet_header:
                 fcntl.ioctl(self.fd, TUNSETVNETHDRSZ, struct.pack("i", vnet.HEADER_SIZE))
-                # NOTE: TSO offloads stay off, so the kernel segments TCP before the TAP.
-                fcntl.ioctl(self.fd, TUNSETOFFLOAD, TUN_F_CSUM)
+            offloads = self._set_offloads() if vnet_header else 0
         except OSError as error:
             os.close(self.fd)
             raise DeviceError(self._explain(name, error)) from None
@@ -331,9 +407,36 @@ class TapDevice(Device):
             os.close(self.fd)
             raise DeviceError(f"TAP device {name} vanished right after it was opened")
         super().__init__(name, index, _link_mtu(index), vnet_header, counters, log)
+        self.software_gso = gso_mode == "software"
+        self.tso = bool(offloads & TUN_F_TSO4)
+        if vnet_header:
+            self.offload_path = ("virtio-net header: checksum offload"
+                                 + (", TSO4/TSO6 frames in, GSO frames out" if self.tso else
+                                    " only, so the kernel segments TCP before the TAP; GSO frames out"))
+        elif self.software_gso:
+            self.offload_path = "software GSO in linkd, plain frames on the TAP"
+        else:
+            self.offload_path = "none (plain MTU-sized frames, checksums filled by the stack)"
 
         if self.created:
             self._bring_up_new()
+
+    def _set_offloads(self) -> int:
+        """Offer the kernel checksum offload and TSO, dropping what it refuses; return the flags set.
+
+        With TSO4/TSO6 the kernel hands the TAP TCP frames of up to 64 KiB
+        instead of cutting them to the MTU first.
+        """
+        for flags in (TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6,
+                      TUN_F_CSUM):
+            try:
+                fcntl.ioctl(self.fd, TUNSETOFFLOAD, flags)
+                return flags
+            except OSError as error:
+                if error.errno != errno.EINVAL:
+                    raise
+        fcntl.ioctl(self.fd, TUNSETOFFLOAD, 0)
+        return 0
 
     def _explain(self, name: str, error: OSError) -> str:
         if error.errno == errno.EBUSY:
@@ -374,8 +477,25 @@ class TapDevice(Device):
         os.write(self.fd, packet)
 
 
-def open_device(spec: DeviceSpec, vnet_header: bool, counters: Counters, log: logging.Logger) -> Device:
-    """Open the device that ``spec`` names; raise DeviceError with a one-line reason."""
+def device_features(name: str, log: logging.Logger) -> dict[str, bool]:
+    """Return the device's checksum and segmentation features as ethtool names them, or {} if unreadable."""
+    try:
+        from pyroute2.ethtool import Ethtool
+
+        ethtool = Ethtool()
+        try:
+            features = ethtool.get_features(name).features
+        finally:
+            ethtool.close()
+    except Exception as error:  # pyroute2 raises several types for a missing ethtool ioctl
+        log.warning("cannot read the offload features of %s: %r", name, error)
+        return {}
+    wanted = ("tx-checksum-ip-generic", "tx-tcp-segmentation", "tx-tcp6-segmentation", "rx-gro")
+    return {key: bool(features[key].enable) for key in wanted if key in features}
+
+
+def open_device(spec: DeviceSpec, gso_mode: str, counters: Counters, log: logging.Logger) -> Device:
+    """Open the device that ``spec`` names with a --gso mode from GSO_MODES; raise DeviceError with a one-line reason."""
     if spec.kind == "tap":
-        return TapDevice(spec.name, vnet_header, counters, log)
-    return PacketDevice(spec.name, vnet_header, counters, log)
+        return TapDevice(spec.name, gso_mode, counters, log)
+    return PacketDevice(spec.name, gso_mode, counters, log)

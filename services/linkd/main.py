@@ -11,7 +11,7 @@ import signal
 import sys
 
 from sandnet.v1 import link_pb2, link_pb2_grpc
-from sandnet_common.flags import bool_arg, endpoint_arg, env_default
+from sandnet_common.flags import ServiceArgumentParser, add_listen_options, bool_arg, endpoint_arg, env_default
 from sandnet_common.logs import setup_logging
 from sandnet_common.server import ListenError, Service
 from sandnet_linkd import netconfig, vnet
@@ -47,6 +47,16 @@ def _positive_int_arg(text: str) -> int:
     return int(text)
 
 
+def _gso_arg(text: str) -> str:
+    lowered = text.strip().lower()
+    if lowered == "software":
+        return lowered
+    try:
+        return "true" if bool_arg(lowered) else "false"
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"invalid --gso value {text!r}: use true, false or software") from None
+
+
 def _log_level_arg(text: str) -> str:
     if text.upper() not in LOG_LEVELS:
         raise argparse.ArgumentTypeError(f"invalid log level {text!r}: use one of {', '.join(LOG_LEVELS)}")
@@ -54,7 +64,7 @@ def _log_level_arg(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ServiceArgumentParser(
         prog="sandnet-linkd",
         description="Own a network device and serve its Ethernet frames over gRPC (sandnet.v1.Link). "
         "Every option also reads the environment variable SANDNET_LINKD_<OPTION>, as in SANDNET_LINKD_DEVICE.",
@@ -68,10 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen", type=endpoint_arg, default=env_default(ENV_PREFIX + "LISTEN"),
         help="gRPC endpoint to serve on: unix:PATH or tcp:HOST:PORT (required)",
     )
+    add_listen_options(parser, "linkd")
     parser.add_argument(
-        "--gso", type=bool_arg, default=env_default(ENV_PREFIX + "GSO", "true"),
-        help="exchange checksum and segmentation offload state with stackd through a virtio-net header "
-        "(true or false; default: true)",
+        "--gso", type=_gso_arg, default=env_default(ENV_PREFIX + "GSO", "true"),
+        help="segmentation and checksum offload: true exchanges a virtio-net header with the device, so TCP "
+        "frames of up to 64 KiB pass both ways (software when the kernel refuses the header); software cuts "
+        "stackd's large frames in linkd; false passes MTU-sized frames only (default: true)",
     )
     parser.add_argument(
         "--mac", type=_mac_arg, default=env_default(ENV_PREFIX + "MAC"),
@@ -103,14 +115,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def build_config(device: Device, snapshot: netconfig.Snapshot, stack_mac: bytes) -> link_pb2.LinkConfig:
     """Describe the device, its taken-over addresses and routes, and the offloads in use."""
-    gso = device.vnet_header
+    gso = device.vnet_header or device.software_gso
     offloads = link_pb2.Offloads(
-        vnet_header=gso,
+        vnet_header=device.vnet_header,
         tso4=gso,
         tso6=gso,
         tx_checksum=gso,
         max_frame_size=vnet.MAX_GSO_FRAME_SIZE if gso else device.mtu + vnet.ETHERNET_HEADER_SIZE,
-        software_gso=False,
+        software_gso=device.software_gso,
     )
     return link_pb2.LinkConfig(
         interface=netconfig.interface_proto(snapshot, stack_mac),
@@ -133,7 +145,7 @@ async def serve(args: argparse.Namespace, device: Device, config: link_pb2.LinkC
         await asyncio.Event().wait()
 
     try:
-        await service.run(args.listen, main)
+        await service.run(args.listen, main, args.listen_owner, args.listen_mode)
     finally:
         servicer.stop()
 
@@ -185,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info(
             "linkd starting on %s: index %d, MAC %s, MTU %d, %d addresses and %d routes taken over, offload path %s",
             spec, device.index, format_mac(stack_mac), device.mtu, len(snapshot.addresses), len(snapshot.routes),
-            describe_offload_path(spec, args.gso),
+            device.offload_path,
         )
         asyncio.run(serve(args, device, config, counters, log))
     except ListenError as error:
@@ -200,14 +212,6 @@ def main(argv: list[str] | None = None) -> int:
             log.info("removed TAP device %s, which linkd created", spec.name)
         log.info("linkd stopped on %s", spec)
     return status
-
-
-def describe_offload_path(spec: DeviceSpec, gso: bool) -> str:
-    if gso:
-        return "virtio-net header (checksum and GSO metadata)"
-    if spec.kind == "veth":
-        return "PACKET_AUXDATA (checksum status only)"
-    return "none (plain frames, checksums filled by the kernel)"
 
 
 if __name__ == "__main__":

@@ -79,6 +79,10 @@ class LinkServicer(link_pb2_grpc.LinkServicer):
             tx_bytes=counters.tx_bytes,
             tx_dropped=counters.tx_dropped,
             tx_errors=counters.tx_errors,
+            rx_gso_frames=counters.rx_gso_frames,
+            tx_gso_frames=counters.tx_gso_frames,
+            tx_gso_segments=counters.tx_gso_segments,
+            rx_invalid=counters.rx_invalid,
         )
 
     async def Frames(self, request_iterator, context):

@@ -116,3 +116,28 @@ def check_frame(frame_size: int, header: VnetHeader, mtu: int) -> str | None:
                 f" lies outside the frame of {frame_size} bytes")
 
     return None
+
+
+def check_received(frame_size: int, header: VnetHeader) -> str | None:
+    """Check a frame and its header as read from the device.
+
+    Return None if stackd can take it, else the reason to drop it. The
+    kernel hands over GRO-merged frames up to MAX_GSO_FRAME_SIZE, so a larger
+    frame, an unknown GSO type, a GSO frame with gso_size 0 or checksum
+    offsets outside the frame mean the header cannot be trusted.
+    """
+    if frame_size > MAX_GSO_FRAME_SIZE:
+        return f"frame of {frame_size} bytes exceeds {MAX_GSO_FRAME_SIZE}"
+    if header.flags & ~KNOWN_FLAGS:
+        return f"unknown virtio-net flags {header.flags:#x}"
+
+    gso_type = header.gso_type & ~GSO_ECN
+    if gso_type not in KNOWN_GSO_TYPES:
+        return f"unknown GSO type {header.gso_type}"
+    if gso_type != GSO_NONE and header.gso_size == 0:
+        return "GSO frame with gso_size 0"
+
+    if header.flags & FLAG_NEEDS_CSUM and header.csum_start + header.csum_offset + 2 > frame_size:
+        return (f"checksum field at csum_start {header.csum_start} + csum_offset {header.csum_offset}"
+                f" lies outside the frame of {frame_size} bytes")
+    return None

@@ -11,7 +11,7 @@ import logging
 import sys
 
 from sandnet.v1 import sockets_pb2_grpc
-from sandnet_common.flags import endpoint_arg, env_default
+from sandnet_common.flags import ServiceArgumentParser, add_listen_options, add_option, endpoint_arg
 from sandnet_common.logs import setup_logging
 from sandnet_common.server import ListenError, Service
 from sandnet_sockd.forward import ForwardNetinfo, ForwardSockets, StackLink, StackUnavailableError
@@ -22,7 +22,7 @@ MODES = ("sandbox", "host", "none")
 DEFAULT_LISTEN = "unix:/run/sandnet/sockd.sock"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
-# How long sockd waits at start for stackd's health check to pass.
+# How long sockd waits at start for stackd's health check to pass, by default.
 STACK_PROBE_SECONDS = 5.0
 
 
@@ -33,6 +33,16 @@ def network_mode_arg(text: str) -> str:
     return text
 
 
+def positive_seconds_arg(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"invalid time {text!r}: use a positive number of seconds")
+    return seconds
+
+
 def log_level_arg(text: str) -> str:
     if text.upper() not in LOG_LEVELS:
         raise argparse.ArgumentTypeError(f"invalid log level {text!r}: choose one of {', '.join(LOG_LEVELS)}")
@@ -40,30 +50,24 @@ def log_level_arg(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ServiceArgumentParser(
         prog="sandnet-sockd",
         description="Serve the sandnet socket API (Sockets and Netinfo) to workloads. "
-                    "Each flag can also be set with the environment variable SANDNET_SOCKD_<FLAG>, "
-                    "as in SANDNET_SOCKD_NETWORK=host.",
+                    "Each flag can also be set with the environment variable named in its help; "
+                    "a flag given on the command line wins.",
     )
-    parser.add_argument(
-        "--stack", type=endpoint_arg, default=env_default("SANDNET_SOCKD_STACK"),
-        help="stackd's endpoint, unix:PATH or tcp:HOST:PORT; required in sandbox and none modes "
-             "(env SANDNET_SOCKD_STACK)",
-    )
-    parser.add_argument(
-        "--listen", type=endpoint_arg, default=env_default("SANDNET_SOCKD_LISTEN", DEFAULT_LISTEN),
-        help=f"endpoint to serve on, unix:PATH or tcp:HOST:PORT (default {DEFAULT_LISTEN}; env SANDNET_SOCKD_LISTEN)",
-    )
-    parser.add_argument(
-        "--network", type=network_mode_arg, default=env_default("SANDNET_SOCKD_NETWORK", "sandbox"),
-        help="sandbox: forward to stackd; host: use the host kernel's sockets (less isolated); "
-             "none: forward to stackd, loopback destinations only (default sandbox; env SANDNET_SOCKD_NETWORK)",
-    )
-    parser.add_argument(
-        "--log-level", type=log_level_arg, default=env_default("SANDNET_SOCKD_LOG_LEVEL", "INFO"),
-        help=f"log level, one of {', '.join(LOG_LEVELS)} (default INFO; env SANDNET_SOCKD_LOG_LEVEL)",
-    )
+    add_option(parser, "sockd", "--stack", type=endpoint_arg, metavar="ENDPOINT",
+               help="stackd's endpoint, unix:PATH or tcp:HOST:PORT; required in sandbox and none modes")
+    add_option(parser, "sockd", "--listen", type=endpoint_arg, default=DEFAULT_LISTEN, metavar="ENDPOINT",
+               help="endpoint to serve workloads on, unix:PATH or tcp:HOST:PORT")
+    add_listen_options(parser, "sockd")
+    add_option(parser, "sockd", "--network", type=network_mode_arg, default="sandbox", metavar="MODE",
+               help="sandbox: forward to stackd; host: use the host kernel's sockets (faster, less isolated); "
+                    "none: forward to stackd, loopback destinations only")
+    add_option(parser, "sockd", "--stack-timeout", type=positive_seconds_arg, default=str(STACK_PROBE_SECONDS),
+               metavar="SECONDS", help="seconds to wait at start for stackd to report SERVING")
+    add_option(parser, "sockd", "--log-level", type=log_level_arg, default="INFO", metavar="LEVEL",
+               help=f"log level, one of {', '.join(LOG_LEVELS)}")
     return parser
 
 
@@ -80,7 +84,7 @@ async def serve_host(args: argparse.Namespace, log: logging.Logger) -> None:
         await asyncio.Event().wait()
 
     try:
-        await service.run(args.listen, mark_serving)
+        await service.run(args.listen, mark_serving, args.listen_owner, args.listen_mode)
     finally:
         sockets.close_all()
 
@@ -97,13 +101,13 @@ async def serve_forward(args: argparse.Namespace, log: logging.Logger) -> None:
 
     link = StackLink(args.stack, log, on_change, on_lost)
     try:
-        await link.probe(STACK_PROBE_SECONDS)
+        await link.probe(args.stack_timeout)
         sockets = ForwardSockets(link, log, loopback_only=args.network == "none")
         service.add(sockets_pb2_grpc.add_SocketsServicer_to_server, sockets, "sandnet.v1.Sockets")
         service.add(sockets_pb2_grpc.add_NetinfoServicer_to_server, ForwardNetinfo(link), "sandnet.v1.Netinfo")
         await service.set_serving(False)
         log.info("mode %s, stackd at %s", args.network, args.stack)
-        await service.run(args.listen, link.run)
+        await service.run(args.listen, link.run, args.listen_owner, args.listen_mode)
     finally:
         await link.close()
 

@@ -51,8 +51,12 @@ class NeighborCache:
             return None
         return entry.mac
 
-    def resolve(self, ip: bytes, send: Callable[[bytes], None]) -> None:
+    def resolve(self, ip: bytes, send: Callable[[bytes], None],
+                on_failure: Callable[[], None] | None = None) -> None:
         """Call ``send(mac)`` now if ``ip`` is known, else once it resolves.
+
+        ``on_failure()`` runs if the resolution gives up, so that the sender
+        can report EHOSTUNREACH as Linux does after its ARP retries.
 
         A stale entry is still used while a fresh request confirms it, as
         Linux does in its STALE and DELAY states.
@@ -74,7 +78,7 @@ class NeighborCache:
         if len(entry.queue) >= MAX_QUEUED_PER_NEIGHBOR:
             self._counters.UnresolvedDiscards += 1
             return
-        entry.queue.append(send)
+        entry.queue.append((send, on_failure))
         if entry.requests == 0:
             entry.requests = 1
             entry.next_retry = now + RETRANSMIT_SECONDS
@@ -97,7 +101,7 @@ class NeighborCache:
         entry.expires = self._clock() + REACHABLE_SECONDS
         entry.requests = 0
         waiting, entry.queue = entry.queue, []
-        for send in waiting:
+        for send, _ in waiting:
             send(mac)
 
     def on_timer(self) -> None:
@@ -109,7 +113,10 @@ class NeighborCache:
             if entry.requests >= MAX_REQUESTS:
                 self._counters.ResolutionFailures += 1
                 self._counters.UnresolvedDiscards += len(entry.queue)
-                entry.queue.clear()
+                failed, entry.queue = entry.queue, []
+                for _, on_failure in failed:
+                    if on_failure is not None:
+                        on_failure()
                 entry.requests = 0
                 if not entry.mac:
                     del self._entries[ip]

@@ -46,7 +46,11 @@ class IpCounters:
     OutRequests: int = 0
     OutDiscards: int = 0
     OutNoRoutes: int = 0
+    ReasmTimeout: int = 0
+    ReasmReqds: int = 0
+    ReasmOKs: int = 0
     ReasmFails: int = 0
+    ReasmOverlaps: int = 0
     FragOKs: int = 0
     FragFails: int = 0
     FragCreates: int = 0
@@ -71,6 +75,72 @@ class IcmpCounters:
 
 
 @dataclasses.dataclass(slots=True)
+class Ip6Counters:
+    """IPv6 counters, named as in Linux's /proc/net/snmp6 without the Ip6 prefix."""
+
+    InReceives: int = 0
+    InHdrErrors: int = 0
+    InAddrErrors: int = 0
+    InUnknownProtos: int = 0
+    InTruncatedPkts: int = 0
+    InDiscards: int = 0
+    InDelivers: int = 0
+    InHopLimitZero: int = 0
+    OutRequests: int = 0
+    OutNoRoutes: int = 0
+    ReasmTimeout: int = 0
+    ReasmReqds: int = 0
+    ReasmOKs: int = 0
+    ReasmFails: int = 0
+    ReasmOverlaps: int = 0
+    FragOKs: int = 0
+    FragFails: int = 0
+    FragCreates: int = 0
+
+
+@dataclasses.dataclass(slots=True)
+class Icmp6Counters:
+    """ICMPv6 counters, named as in Linux's /proc/net/snmp6 without the Icmp6 prefix."""
+
+    InMsgs: int = 0
+    InErrors: int = 0
+    InCsumErrors: int = 0
+    InDestUnreachs: int = 0
+    InPktTooBigs: int = 0
+    InTimeExcds: int = 0
+    InParmProblems: int = 0
+    InEchos: int = 0
+    InEchoReplies: int = 0
+    InRouterAdvertisements: int = 0
+    InNeighborSolicits: int = 0
+    InNeighborAdvertisements: int = 0
+    InMLDQueries: int = 0
+    OutMsgs: int = 0
+    OutErrors: int = 0
+    OutDestUnreachs: int = 0
+    OutPktTooBigs: int = 0
+    OutTimeExcds: int = 0
+    OutParmProblems: int = 0
+    OutEchos: int = 0
+    OutEchoReplies: int = 0
+    OutNeighborSolicits: int = 0
+    OutNeighborAdvertisements: int = 0
+    OutMLDv2Reports: int = 0
+    OutRateLimited: int = 0
+
+
+@dataclasses.dataclass(slots=True)
+class Ndp6Counters:
+    """Neighbor cache events of IPv6, like Linux's ndisc statistics in ``ip -s ntable``."""
+
+    OutSolicits: int = 0
+    ResolutionFailures: int = 0
+    UnresolvedDiscards: int = 0
+    InUnsolicitedIgnored: int = 0
+    InInvalid: int = 0
+
+
+@dataclasses.dataclass(slots=True)
 class UdpCounters:
     InDatagrams: int = 0
     NoPorts: int = 0
@@ -90,12 +160,16 @@ class Counters:
     ip: IpCounters = dataclasses.field(default_factory=IpCounters)
     icmp: IcmpCounters = dataclasses.field(default_factory=IcmpCounters)
     udp: UdpCounters = dataclasses.field(default_factory=UdpCounters)
+    ip6: Ip6Counters = dataclasses.field(default_factory=Ip6Counters)
+    icmp6: Icmp6Counters = dataclasses.field(default_factory=Icmp6Counters)
+    ndp6: Ndp6Counters = dataclasses.field(default_factory=Ndp6Counters)
     tcp: TcpCounters = dataclasses.field(default_factory=TcpCounters)
 
     def snapshot(self) -> list[tuple[str, int]]:
         """Return ("Group.Name", value) pairs in a stable order."""
         groups = (("Link", self.link), ("Arp", self.arp), ("Ip", self.ip), ("Icmp", self.icmp),
-                  ("Udp", self.udp), ("Tcp", self.tcp))
+                  ("Udp", self.udp), ("Tcp", self.tcp),
+                  ("Ip6", self.ip6), ("Icmp6", self.icmp6), ("Ndp6", self.ndp6))
         pairs = []
         for prefix, group in groups:
             for field in dataclasses.fields(group):

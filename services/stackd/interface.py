@@ -37,9 +37,14 @@ class Interface:
     up: bool = True
     addresses: list[Address] = dataclasses.field(default_factory=list)
     transmit: Callable[[bytes], None] | None = None
+    # The IPv6 MTU a router advertisement set (RFC 4861 section 6.3.4); 0 means ``mtu``.
+    ipv6_mtu: int = 0
 
     def ipv4_addresses(self) -> list[Address]:
         return [a for a in self.addresses if len(a.ip) == 4]
+
+    def ipv6_addresses(self) -> list[Address]:
+        return [a for a in self.addresses if len(a.ip) == 16]
 
     def owns(self, ip: bytes) -> bool:
         """Check whether ``ip`` is one of this interface's addresses."""

@@ -16,6 +16,7 @@ from sandnet.v1 import link_pb2, link_pb2_grpc
 from sandnet_common.endpoint import Endpoint
 from sandnet_common.server import insecure_channel
 from sandnet_stackd.interface import Address, Interface
+from sandnet_stackd.offload import DeviceOffloads, FrameOffload
 from sandnet_stackd.route import Route
 from sandnet_stackd.stack import Stack
 
@@ -26,12 +27,21 @@ NIC_INDEX = 2
 MAX_PENDING_FRAMES = 8192
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
+STABLE_STREAM_SECONDS = 5.0
 # virtio-net header flags that mean the device checked or will fill the checksum.
 CHECKSUM_TRUSTED = 0x1 | 0x2
+ETHERNET_HEADER_SIZE = 14
+MAX_IP_PACKET_SIZE = 0xFFFF
+
+PendingFrame = tuple[bytes, FrameOffload | None]
 
 
 class LinkUnavailableError(RuntimeError):
     """linkd did not answer at start."""
+
+
+class LinkBusyError(RuntimeError):
+    """linkd already streams frames to another stackd."""
 
 
 def config_to_interface(config: link_pb2.LinkConfig) -> tuple[Interface, list[Route]]:
@@ -51,6 +61,26 @@ def config_to_interface(config: link_pb2.LinkConfig) -> tuple[Interface, list[Ro
     return iface, routes
 
 
+def config_to_offloads(config: link_pb2.LinkConfig) -> DeviceOffloads:
+    """Translate linkd's Offloads into what the stack may leave to the device path.
+
+    GSO is IPv4-only for now, because the stack's IPv6 output has no offload path.
+    """
+    offloads = config.offloads
+    gso_max_size = 0
+    if offloads.tso4 and offloads.tx_checksum:
+        gso_max_size = min(offloads.max_frame_size - ETHERNET_HEADER_SIZE, MAX_IP_PACKET_SIZE)
+    return DeviceOffloads(checksum=offloads.tx_checksum, gso_max_size=max(gso_max_size, 0))
+
+
+def _frame_proto(frame: bytes, offload: FrameOffload | None) -> link_pb2.Frame:
+    if offload is None:
+        return link_pb2.Frame(data=frame)
+    return link_pb2.Frame(data=frame, gso=link_pb2.GsoInfo(
+        flags=offload.flags, gso_type=offload.gso_type, hdr_len=offload.hdr_len, gso_size=offload.gso_size,
+        csum_start=offload.csum_start, csum_offset=offload.csum_offset))
+
+
 class LinkClient:
     """Keeps one Frames stream to linkd open for the stack's Ethernet interface."""
 
@@ -58,18 +88,18 @@ class LinkClient:
         self.stack = stack
         self.endpoint = endpoint
         self._on_serving = on_serving
-        self._pending: list[bytes] = []
+        self._pending: list[PendingFrame] = []
         self._pending_ready = asyncio.Event()
         self._connected = False
         self.iface: Interface | None = None
         self._malformed_logged = 0
 
-    def transmit(self, frame: bytes) -> None:
-        """Queue one frame for linkd; never blocks."""
+    def transmit(self, frame: bytes, offload: FrameOffload | None = None) -> None:
+        """Queue one frame, with its checksum and GSO metadata if any, for linkd; never blocks."""
         if not self._connected or len(self._pending) >= MAX_PENDING_FRAMES:
             self.stack.counters.link.OutDiscards += 1
             return
-        self._pending.append(frame)
+        self._pending.append((frame, offload))
         self._pending_ready.set()
 
     async def start(self, timeout: float) -> None:
@@ -87,25 +117,40 @@ class LinkClient:
         self.iface, routes = config_to_interface(config)
         self.iface.transmit = self.transmit
         self.stack.attach(self.iface, routes)
+        offloads = config_to_offloads(config)
+        self.stack.network.set_offloads(self.iface.name, offloads)
+        log.info("device offloads from linkd: checksum %s, largest GSO packet %d bytes",
+                 "on" if offloads.checksum else "off", offloads.gso_max_size)
 
     async def run(self) -> None:
-        """Stream frames until cancelled, reconnecting with backoff."""
+        """Stream frames until cancelled, reconnecting with backoff.
+
+        Raises LinkBusyError when linkd serves another stack at the first
+        attempt, so that a second stackd fails at start instead of retrying.
+        """
         delay = BACKOFF_FIRST
+        first = True
         while True:
             channel = insecure_channel(self.endpoint)
+            started = asyncio.get_running_loop().time()
             try:
                 await self._stream(channel)
                 log.warning("linkd closed the frame stream; reconnecting")
             except grpc.aio.AioRpcError as error:
+                if first and error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    raise LinkBusyError(f"linkd at {self.endpoint} already serves another stackd "
+                                        f"({error.details()}); stop that stackd or use another linkd") from None
                 log.warning("frame stream to linkd at %s failed: %s %s; retrying in %.1f s",
                             self.endpoint, error.code().name, error.details(), delay)
             finally:
-                was_connected = self._connected
                 self._connected = False
                 self._pending.clear()
                 await self._on_serving(False)
                 await channel.close()
-            if was_connected:
+            first = False
+            # Only a stream that carried frames for a while resets the backoff,
+            # so that a stream linkd rejects at once is retried ever more slowly.
+            if asyncio.get_running_loop().time() - started >= STABLE_STREAM_SECONDS:
                 delay = BACKOFF_FIRST
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX)
@@ -135,7 +180,7 @@ class LinkClient:
             self._pending_ready.clear()
             frames, self._pending = self._pending, []
             if frames:
-                await call.write(link_pb2.FrameBatch(frames=[link_pb2.Frame(data=f) for f in frames]))
+                await call.write(link_pb2.FrameBatch(frames=[_frame_proto(frame, offload) for frame, offload in frames]))
 
     def _receive(self, batch: link_pb2.FrameBatch) -> None:
         network = self.stack.network

@@ -7,10 +7,10 @@ import os
 import sys
 
 from sandnet.v1 import sockets_pb2_grpc
-from sandnet_common.flags import endpoint_arg
+from sandnet_common.flags import ServiceArgumentParser, add_listen_options, endpoint_arg
 from sandnet_common.logs import setup_logging
 from sandnet_common.server import ListenError, Service
-from sandnet_stackd.link_client import LinkClient, LinkUnavailableError
+from sandnet_stackd.link_client import LinkBusyError, LinkClient, LinkUnavailableError
 from sandnet_stackd.service import NetinfoService, SocketsService
 from sandnet_stackd.stack import Stack
 
@@ -19,7 +19,7 @@ NETWORK_MODES = ("sandbox", "none")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env = os.environ.get
-    parser = argparse.ArgumentParser(
+    parser = ServiceArgumentParser(
         prog="sandnet-stackd",
         description="Run sandnet's user-space TCP/IP stack and serve the socket API to sockd. "
                     "Each option can also be set by the environment variable named in its help.")
@@ -28,6 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "required unless --network none")
     parser.add_argument("--listen", type=endpoint_arg, default=env("SANDNET_STACKD_LISTEN"),
                         help="endpoint to serve on, unix:PATH or tcp:HOST:PORT (SANDNET_STACKD_LISTEN); required")
+    add_listen_options(parser, "stackd")
     parser.add_argument("--network", default=env("SANDNET_STACKD_NETWORK", "sandbox"),
                         help="sandbox: attach to linkd; none: loopback only, no link "
                              "(SANDNET_STACKD_NETWORK, default sandbox)")
@@ -37,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="logging level: DEBUG, INFO, WARNING or ERROR (SANDNET_STACKD_LOG_LEVEL, default INFO)")
     args = parser.parse_args(argv)
 
+    if not args.link_timeout > 0:
+        parser.error(f"invalid --link-timeout {args.link_timeout}: give a number of seconds above 0, such as 10")
     if args.network not in NETWORK_MODES:
         parser.error(f"invalid --network {args.network!r}: choose sandbox or none")
     if args.listen is None:
@@ -54,6 +57,7 @@ async def serve(args: argparse.Namespace, log: logging.Logger) -> None:
     service.add(sockets_pb2_grpc.add_SocketsServicer_to_server, SocketsService(stack), "sandnet.v1.Sockets")
     service.add(sockets_pb2_grpc.add_NetinfoServicer_to_server, NetinfoService(stack), "sandnet.v1.Netinfo")
 
+    service.add_stop_hook(stack.stop)
     link = None
     if args.network == "sandbox":
         link = LinkClient(stack, args.link, service.set_serving)
@@ -62,7 +66,7 @@ async def serve(args: argparse.Namespace, log: logging.Logger) -> None:
         log.info("network none: loopback only, no link")
     await service.set_serving(args.network == "none")
     try:
-        await service.run(args.listen, link.run if link else None)
+        await service.run(args.listen, link.run if link else None, args.listen_owner, args.listen_mode)
     finally:
         stack.close()
 
@@ -72,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     log = setup_logging("stackd", args.log_level)
     try:
         asyncio.run(serve(args, log))
-    except (LinkUnavailableError, ListenError) as error:
+    except (LinkUnavailableError, LinkBusyError, ListenError) as error:
         log.error("%s", error)
         return 1
     return 0

@@ -52,6 +52,10 @@ class RouteTable:
         self._routes.append(route)
         self._routes.sort(key=lambda r: (-r.dst_len, r.metric))
 
+    def remove(self, route: Route) -> None:
+        """Drop one route, if present."""
+        self._routes = [r for r in self._routes if r is not route]
+
     def remove_device(self, device: str) -> None:
         """Drop every route through ``device``."""
         self._routes = [r for r in self._routes if r.device != device]

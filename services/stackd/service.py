@@ -8,7 +8,8 @@ import logging
 import grpc
 
 from sandnet.v1 import sockets_pb2, sockets_pb2_grpc, types_pb2
-from sandnet_stackd.sockets import SockAddr, SocketError, check_address
+from sandnet_stackd.header import ipv6
+from sandnet_stackd.sockets import AF_INET, AF_INET6, ANY4, ANY6, SockAddr, Socket, SocketError, check_address
 from sandnet_stackd.stack import Stack
 from sandnet_stackd.socket_tcp import TcpSocket
 from sandnet_stackd.tcp import State
@@ -25,14 +26,23 @@ def _session(context: grpc.aio.ServicerContext) -> str:
     return ""
 
 
-def _addr(sock_family: int, message: types_pb2.SockAddr) -> SockAddr:
-    return check_address(sock_family, bytes(message.ip), message.port)
+def _addr(sock: Socket, message: types_pb2.SockAddr, bind: bool = False) -> SockAddr:
+    return check_address(sock.family, bytes(message.ip), message.port, message.scope_id, sock.v6only, bind)
 
 
-def _to_proto(addr: SockAddr | None) -> types_pb2.SockAddr:
+def _to_proto(addr: SockAddr | None, family: int = AF_INET, link_scope: int = 0) -> types_pb2.SockAddr:
+    """Convert an address for a socket of ``family``: an AF_INET6 socket shows IPv4
+    peers as v4-mapped addresses, and link-local addresses carry a scope id
+    (``link_scope`` when the address has none)."""
     if addr is None:
         return types_pb2.SockAddr()
-    return types_pb2.SockAddr(ip=addr.ip, port=addr.port)
+    ip = addr.ip
+    if family == AF_INET6 and len(ip) == 4:
+        ip = ipv6.map_v4(ip) if ip != ANY4 else ANY6
+    scope_id = addr.scope_id
+    if len(ip) == 16 and ipv6.is_link_local(ip) and not scope_id:
+        scope_id = link_scope
+    return types_pb2.SockAddr(ip=ip, port=addr.port, scope_id=scope_id)
 
 
 class SocketsService(sockets_pb2_grpc.SocketsServicer):
@@ -41,12 +51,15 @@ class SocketsService(sockets_pb2_grpc.SocketsServicer):
     def __init__(self, stack: Stack):
         self.stack = stack
 
+    def _proto(self, addr: SockAddr | None, family: int) -> types_pb2.SockAddr:
+        return _to_proto(addr, family, self.stack.link_scope_id())
+
     async def Session(self, request, context):
         session = self.stack.open_session()
         log.info("session %s opened by %r", session, request.client or context.peer())
         try:
             yield sockets_pb2.SessionEvent(session=session)
-            await asyncio.Event().wait()
+            await self.stack.stopping.wait()
         finally:
             self.stack.close_session(session)
             log.info("session %s closed", session)
@@ -61,7 +74,7 @@ class SocketsService(sockets_pb2_grpc.SocketsServicer):
     async def Bind(self, request, context):
         try:
             sock = self.stack.lookup(request.fd, _session(context))
-            self.stack.bind(sock, _addr(sock.family, request.addr))
+            self.stack.bind(sock, _addr(sock, request.addr, bind=True))
         except SocketError as error:
             return sockets_pb2.Status(errno=error.errno)
         return sockets_pb2.Status()
@@ -78,12 +91,12 @@ class SocketsService(sockets_pb2_grpc.SocketsServicer):
             child = await self.stack.accept(self.stack.lookup(request.fd, _session(context)), request.timeout_ms)
         except SocketError as error:
             return sockets_pb2.AcceptReply(errno=error.errno)
-        return sockets_pb2.AcceptReply(fd=child.fd, peer=_to_proto(child.remote))
+        return sockets_pb2.AcceptReply(fd=child.fd, peer=self._proto(child.remote, child.family))
 
     async def Connect(self, request, context):
         try:
             sock = self.stack.lookup(request.fd, _session(context))
-            await self.stack.connect(sock, _addr(sock.family, request.addr), request.timeout_ms)
+            await self.stack.connect(sock, _addr(sock, request.addr), request.timeout_ms)
         except SocketError as error:
             return sockets_pb2.Status(errno=error.errno)
         return sockets_pb2.Status()
@@ -91,7 +104,7 @@ class SocketsService(sockets_pb2_grpc.SocketsServicer):
     async def Send(self, request, context):
         try:
             sock = self.stack.lookup(request.fd, _session(context))
-            addr = _addr(sock.family, request.addr) if request.HasField("addr") else None
+            addr = _addr(sock, request.addr) if request.HasField("addr") else None
             timeout = 0 if request.flags & 0x40 else request.timeout_ms
             sent = await self.stack.send(sock, request.data, addr, timeout)
         except SocketError as error:
@@ -107,7 +120,7 @@ class SocketsService(sockets_pb2_grpc.SocketsServicer):
             return sockets_pb2.RecvReply(errno=error.errno)
         reply = sockets_pb2.RecvReply(data=data, flags=flags)
         if sender is not None:
-            reply.addr.CopyFrom(_to_proto(sender))
+            reply.addr.CopyFrom(self._proto(sender, sock.family))
         return reply
 
     async def Shutdown(self, request, context):
@@ -132,7 +145,8 @@ class SocketsService(sockets_pb2_grpc.SocketsServicer):
         local = sock.local
         if isinstance(sock, TcpSocket) and sock.endpoint is not None:
             local = SockAddr(sock.endpoint.key[0], sock.endpoint.key[1])
-        return sockets_pb2.AddrReply(addr=_to_proto(local or SockAddr(b"\x00" * 4, 0)))
+        wildcard = SockAddr(ANY6 if sock.family == AF_INET6 else ANY4, 0)
+        return sockets_pb2.AddrReply(addr=self._proto(local or wildcard, sock.family))
 
     async def GetPeerName(self, request, context):
         try:
@@ -145,7 +159,7 @@ class SocketsService(sockets_pb2_grpc.SocketsServicer):
             connected = sock.endpoint is not None and sock.conn.state not in (State.SYN_SENT, State.CLOSED)
         if not connected:
             return sockets_pb2.AddrReply(errno=errno.ENOTCONN)
-        return sockets_pb2.AddrReply(addr=_to_proto(sock.remote))
+        return sockets_pb2.AddrReply(addr=self._proto(sock.remote, sock.family))
 
     async def SetSockOpt(self, request, context):
         try:
@@ -202,14 +216,16 @@ class NetinfoService(sockets_pb2_grpc.NetinfoServicer):
                 local = SockAddr(sock.endpoint.key[0], sock.endpoint.key[1])
             reply.sockets.append(sockets_pb2.SocketInfo(
                 fd=sock.fd, family=sock.family, type=sock.type, protocol=sock.protocol,
-                state=sock.state_name(), local=_to_proto(local), remote=_to_proto(sock.remote),
+                state=sock.state_name(), local=_to_proto(local, sock.family),
+                remote=_to_proto(sock.remote, sock.family),
                 recv_queue=recv_q, send_queue=send_q))
         for endpoint in self.stack.tcp.connections():
             if endpoint.socket is not None:
                 continue
             conn = endpoint.conn
             reply.sockets.append(sockets_pb2.SocketInfo(
-                fd=-1, family=2, type=1, protocol=6, state=conn.state.ss_name,
+                fd=-1, family=AF_INET6 if len(endpoint.key[0]) == 16 else AF_INET, type=1, protocol=6,
+                state=conn.state.ss_name,
                 local=_to_proto(SockAddr(endpoint.key[0], endpoint.key[1])),
                 remote=_to_proto(SockAddr(endpoint.key[2], endpoint.key[3])),
                 recv_queue=conn.readable_bytes, send_queue=conn.send_queue_bytes))

@@ -1,19 +1,21 @@
 """Datagram sockets: UDP (RFC 768) and ICMP echo sockets, the unprivileged
-"ping" sockets of Linux (SOCK_DGRAM with IPPROTO_ICMP)."""
+"ping" sockets of Linux (SOCK_DGRAM with IPPROTO_ICMP or IPPROTO_ICMPV6),
+for IPv4 and IPv6."""
 
 import asyncio
 import collections
 import errno
 import logging
 
-from sandnet_stackd.header import icmp, ipv4, udp
+from sandnet_stackd.header import icmp, icmpv6, ipv4, ipv6, udp
 from sandnet_stackd.header.errors import MalformedError, Reason
 from sandnet_stackd.interface import Interface
 from sandnet_stackd.network import Network, NetworkError
 from sandnet_stackd.sockets import (
-    ANY4, MSG_PEEK, MSG_TRUNC, POLLERR, POLLIN, POLLOUT, RMEM_MAX, SO_RCVBUF, SO_SNDBUF,
-    SOCK_MIN_RCVBUF, SOCK_MIN_SNDBUF, SOL_SOCKET, WMEM_MAX, PortSpace, SockAddr, Socket,
-    SocketError, addresses_overlap, clamp_buffer, pack_int, unpack_int, wait_any)
+    AF_INET6, ANY4, ANY6, IPPROTO_ICMPV6, MSG_PEEK, MSG_TRUNC, PMTUDISC_DO, PMTUDISC_PROBE, POLLERR, POLLIN, POLLOUT,
+    RMEM_MAX, SO_RCVBUF, SO_SNDBUF, SOCK_MIN_RCVBUF, SOCK_MIN_SNDBUF, SOL_SOCKET, WMEM_MAX, PortSpace,
+    SockAddr, Socket, SocketError, addresses_overlap, clamp_buffer, is_wildcard, pack_int, unpack_int,
+    wait_any)
 
 log = logging.getLogger("sandnet.stackd.udp")
 
@@ -78,7 +80,8 @@ class DatagramSocket(Socket):
 
 
 class DatagramLayer:
-    """UDP and ICMP echo sockets of one stack; ``protocol`` selects which."""
+    """UDP or ICMP echo sockets of one stack; ``protocol`` is IPPROTO_UDP,
+    IPPROTO_ICMP or IPPROTO_ICMPV6."""
 
     def __init__(self, network: Network, ports: PortSpace, protocol: int):
         self.network = network
@@ -97,7 +100,8 @@ class DatagramLayer:
     def bind(self, sock: DatagramSocket, addr: SockAddr) -> None:
         if sock.local is not None:
             raise SocketError(errno.EINVAL, "socket is already bound")
-        if addr.ip != ANY4 and not self.network.is_local(addr.ip) and addr.ip[0] < 224:
+        multicast = ipv4.is_multicast(addr.ip) if len(addr.ip) == 4 else ipv6.is_multicast(addr.ip)
+        if not is_wildcard(addr.ip) and not self.network.is_local(addr.ip) and not multicast:
             raise SocketError(errno.EADDRNOTAVAIL, "address is not local")
         port = addr.port
         if port == 0:
@@ -109,12 +113,11 @@ class DatagramLayer:
 
     def _autobind(self, sock: DatagramSocket) -> None:
         if sock.local is None:
-            self.bind(sock, SockAddr(ANY4, 0))
+            self.bind(sock, SockAddr(ANY6 if sock.family == AF_INET6 else ANY4, 0))
 
     def connect(self, sock: DatagramSocket, addr: SockAddr) -> None:
         """Set the default destination and filter received datagrams to it."""
-        if addr.ip == ANY4:
-            addr = SockAddr(bytes([127, 0, 0, 1]), addr.port)
+        addr = _loopback_for_wildcard(addr)
         try:
             self.network.route(addr.ip)
         except NetworkError as error:
@@ -129,8 +132,7 @@ class DatagramLayer:
             addr = sock.remote
         if sock.pending_error:
             raise SocketError(sock.take_error(), "pending ICMP error")
-        if addr.ip == ANY4:
-            addr = SockAddr(bytes([127, 0, 0, 1]), addr.port)
+        addr = _loopback_for_wildcard(addr)
         limit = MAX_UDP_PAYLOAD if self.protocol == ipv4.PROTO_UDP else MAX_UDP_PAYLOAD + 8
         if len(data) > limit:
             raise SocketError(errno.EMSGSIZE, f"datagram of {len(data)} bytes exceeds {limit}")
@@ -140,7 +142,7 @@ class DatagramLayer:
             raise SocketError(errno.EACCES, "sending to a broadcast address needs SO_BROADCAST")
         self._autobind(sock)
         try:
-            source = sock.local.ip if sock.local.ip != ANY4 else self.network.source_for(addr.ip)
+            source = sock.local.ip if not is_wildcard(sock.local.ip) else self.network.source_for(addr.ip)
         except NetworkError as error:
             raise SocketError(error.errno, str(error)) from None
 
@@ -149,14 +151,19 @@ class DatagramLayer:
                 raise SocketError(errno.EINVAL, "destination port 0")
             message = udp.build(source, addr.ip, sock.local.port, addr.port, data)
             self.network.counters.udp.OutDatagrams += 1
+        elif self.protocol == IPPROTO_ICMPV6:
+            message = self._echo_request6(sock, source, addr.ip, data)
+            self.network.counters.icmp6.OutMsgs += 1
+            self.network.counters.icmp6.OutEchos += 1
         else:
             message = self._echo_request(sock, data)
             self.network.counters.icmp.OutMsgs += 1
             self.network.counters.icmp.OutEchos += 1
         try:
-            # Datagrams leave with DF clear so that large ones are fragmented.
-            self.network.output(source, addr.ip, self.protocol, message, ttl=sock.ttl, tos=sock.tos,
-                                dont_fragment=False)
+            # Datagrams leave with DF clear so that large ones are fragmented,
+            # unless IP_MTU_DISCOVER or IPV6_MTU_DISCOVER asks for DO or PROBE.
+            self.network.output(source, addr.ip, self.protocol, message, ttl=sock.hops_for(addr.ip), tos=sock.tos,
+                                dont_fragment=sock.pmtudisc in (PMTUDISC_DO, PMTUDISC_PROBE))
         except NetworkError as error:
             raise SocketError(error.errno, str(error)) from None
         return len(data)
@@ -170,6 +177,17 @@ class DatagramLayer:
             raise SocketError(errno.EINVAL, f"ping sockets send only echo requests, not type {data[0]}")
         seq = int.from_bytes(data[6:8], "big")
         return icmp.build_echo(icmp.TYPE_ECHO_REQUEST, sock.local.port, seq, data[8:])
+
+    def _echo_request6(self, sock: DatagramSocket, source: bytes, dst: bytes, data: bytes) -> bytes:
+        """Check and rewrite an ICMPv6 echo request as Linux's ping sockets do."""
+        if len(dst) != 16:
+            raise SocketError(errno.EINVAL, "an ICMPv6 ping socket sends only to IPv6 addresses")
+        if len(data) < 8:
+            raise SocketError(errno.EINVAL, f"an ICMPv6 message needs 8 bytes, got {len(data)}")
+        if data[0] != icmpv6.TYPE_ECHO_REQUEST or data[1] != 0:
+            raise SocketError(errno.EINVAL, f"ping sockets send only echo requests, not type {data[0]}")
+        seq = int.from_bytes(data[6:8], "big")
+        return icmpv6.build_echo(source, dst, icmpv6.TYPE_ECHO_REQUEST, sock.local.port, seq, data[8:])
 
     async def recv(self, sock: DatagramSocket, max_bytes: int, flags: int, deadline: float | None) -> tuple[bytes, SockAddr, int]:
         while not sock.queue:
@@ -200,10 +218,12 @@ class DatagramLayer:
         """Return the best socket for a datagram: connected and specific beats wildcard."""
         best, best_score = None, -1
         for sock in self.ports.users(port):
-            if sock.local.ip != ANY4 and sock.local.ip != dst:
+            if not sock.accepts_family(dst):
+                continue
+            if not is_wildcard(sock.local.ip) and sock.local.ip != dst:
                 continue
             score = 0
-            if sock.local.ip != ANY4:
+            if not is_wildcard(sock.local.ip):
                 score += 2
             if sock.remote is not None:
                 if sock.remote.ip != src or (src_port is not None and sock.remote.port != src_port):
@@ -213,7 +233,8 @@ class DatagramLayer:
                 best, best_score = sock, score
         return best
 
-    def receive_udp(self, iface: Interface, header: ipv4.Ipv4Repr, payload: memoryview, checksum_valid: bool) -> None:
+    def receive_udp(self, iface: Interface, header, payload: memoryview, checksum_valid: bool) -> None:
+        """Deliver one UDP datagram; ``header`` is an ipv4.Ipv4Repr or an ipv6.Ipv6Packet."""
         counters = self.network.counters.udp
         try:
             datagram, data = udp.parse(payload, header.src, header.dst, verify_checksum=not checksum_valid)
@@ -225,10 +246,10 @@ class DatagramLayer:
         sock = self._find(header.dst, datagram.dst_port, header.src, datagram.src_port)
         if sock is None:
             counters.NoPorts += 1
-            self.network.send_icmp_error(header, _original(header, payload), icmp.TYPE_DEST_UNREACHABLE,
-                                         icmp.CODE_PORT_UNREACHABLE)
+            self.network.send_port_unreachable(header, payload)
             return
-        if not sock.enqueue(bytes(data), SockAddr(header.src, datagram.src_port)):
+        scope_id = iface.index if len(header.src) == 16 and ipv6.is_link_local(header.src) else 0
+        if not sock.enqueue(bytes(data), SockAddr(header.src, datagram.src_port, scope_id)):
             counters.RcvbufErrors += 1
             counters.InErrors += 1
             return
@@ -241,6 +262,15 @@ class DatagramLayer:
         raw = icmp.build(message.type, message.code, message.rest, message.payload)
         sock.enqueue(raw, SockAddr(header.src, 0))
 
+    def receive_echo_reply6(self, iface: Interface, header, message: memoryview) -> None:
+        """Queue an ICMPv6 echo reply, as received, on the ping socket whose port is its identifier."""
+        ident = int.from_bytes(message[4:6], "big")
+        sock = self._find(header.dst, ident, header.src, None)
+        if sock is None:
+            return
+        scope_id = iface.index if ipv6.is_link_local(header.src) else 0
+        sock.enqueue(bytes(message), SockAddr(header.src, 0, scope_id))
+
     def icmp_error(self, local: bytes, local_port: int, remote: bytes, remote_port: int, code: int) -> None:
         """Report an ICMP error to the connected socket it concerns (Linux reports
         errors to unconnected UDP sockets only with IP_RECVERR)."""
@@ -250,7 +280,10 @@ class DatagramLayer:
                 sock.wake()
 
 
-def _original(header: ipv4.Ipv4Repr, payload: memoryview) -> bytes:
-    """Rebuild the received datagram for quoting in an ICMP error."""
-    return ipv4.build_header(header.src, header.dst, header.protocol, len(payload), ttl=header.ttl,
-                             ident=header.ident, tos=header.tos, dont_fragment=header.dont_fragment) + bytes(payload)
+def _loopback_for_wildcard(addr: SockAddr) -> SockAddr:
+    """Send to the loopback address in place of the wildcard, as Linux does."""
+    if addr.ip == ANY4:
+        return SockAddr(bytes([127, 0, 0, 1]), addr.port)
+    if addr.ip == ANY6:
+        return SockAddr(bytes(15) + b"\x01", addr.port)
+    return addr

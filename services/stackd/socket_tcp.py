@@ -5,19 +5,26 @@ import asyncio
 import dataclasses
 import errno
 import logging
+import os
+import struct
 
 from sandnet_stackd.header import ipv4
 from sandnet_stackd.header import tcp as tcp_header
-from sandnet_stackd.header.errors import MalformedError
+from sandnet_stackd.header.checksum import pseudo_header_sum
+from sandnet_stackd.header.errors import MalformedError, Reason
 from sandnet_stackd.interface import Interface
 from sandnet_stackd.network import Network, NetworkError
+from sandnet_stackd.offload import TCP_CHECKSUM_OFFSET, TransportOffload
 from sandnet_stackd.sockets import (
-    ANY4, IPPROTO_TCP, MSG_PEEK, MSG_WAITALL, POLLERR, POLLHUP, POLLIN, POLLOUT, POLLRDHUP,
+    AF_INET6, ANY4, ANY6, IPPROTO_TCP, MSG_PEEK, MSG_WAITALL, POLLERR, POLLHUP, POLLIN, POLLOUT, POLLRDHUP,
     RMEM_MAX, SO_ACCEPTCONN, SO_KEEPALIVE, SO_RCVBUF, SO_SNDBUF, SOCK_MIN_RCVBUF, SOCK_MIN_SNDBUF,
-    SOL_SOCKET, SOMAXCONN, TCP_KEEPCNT, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_MAXSEG, TCP_NODELAY,
-    WMEM_MAX, PortSpace, SockAddr, Socket, SocketError, addresses_overlap, clamp_buffer, pack_int,
-    unpack_int, wait_any)
-from sandnet_stackd.tcp import IsnGenerator, State, TcpConfig, TcpConnection, reset_for_unexpected
+    SO_LINGER, SO_OOBINLINE, SOL_SOCKET, SOMAXCONN, TCP_CA_NAME_MAX, TCP_CONGESTION, TCP_CORK, TCP_INFO,
+    TCP_KEEPCNT, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_MAXSEG, TCP_NODELAY, TCP_USER_TIMEOUT,
+    WMEM_MAX, PortSpace, SockAddr, Socket, SocketError, addresses_overlap, clamp_buffer, is_wildcard,
+    pack_int, unpack_int, wait_any)
+from sandnet_stackd.tcp import (IsnGenerator, State, SynCookies, TcpConfig, TcpConnection, pack_tcp_info,
+                                reset_for_unexpected)
+from sandnet_stackd.tcp.congestion import ALGORITHMS
 
 log = logging.getLogger("sandnet.stackd.tcp")
 
@@ -26,6 +33,8 @@ Key = tuple[bytes, int, bytes, int]  # (local ip, local port, remote ip, remote 
 # The SYN queue of a listener holds at most this many half-open connections
 # beyond its backlog (Linux bounds it by tcp_max_syn_backlog).
 MAX_SYN_BACKLOG = 1024
+# A TCP header with the most options, 15 words (RFC 9293 section 3.1).
+TCP_MAX_HEADER_LEN = 60
 
 
 @dataclasses.dataclass(eq=False)
@@ -54,6 +63,11 @@ class TcpSocket(Socket):
         self.connecting = False
         self.read_shut = False
         self.bound_explicitly = False
+        # SO_LINGER as (l_onoff, l_linger in seconds). NOTE: only linger 0 changes
+        # close(), to an abort with RST; a positive linger time does not make
+        # close() wait for the data to be acknowledged.
+        self.linger = (0, 0)
+        self.oob_inline = False
 
     @property
     def conn(self) -> TcpConnection | None:
@@ -101,14 +115,33 @@ class TcpSocket(Socket):
         return events
 
     def set_option(self, level: int, name: int, value: bytes) -> None:
+        if level == SOL_SOCKET and name == SO_LINGER:
+            if len(value) < 8:
+                raise SocketError(errno.EINVAL, f"SO_LINGER needs struct linger (8 bytes), got {len(value)}")
+            onoff, seconds = struct.unpack_from("ii", value)
+            self.linger = (int(bool(onoff)), max(seconds, 0))
+            return
+        if level == SOL_SOCKET and name == SO_OOBINLINE:
+            # Urgent data is always delivered inline, so only the flag is kept.
+            self.oob_inline = bool(unpack_int(value))
+            return
         if level == SOL_SOCKET and name in (SO_KEEPALIVE, SO_RCVBUF, SO_SNDBUF):
             number = unpack_int(value)
             if name == SO_KEEPALIVE:
                 self._apply("keepalive", bool(number))
             elif name == SO_RCVBUF:
+                # As Linux's SOCK_RCVBUF_LOCK: a size the application set stops auto-tuning.
+                self._apply("rcvbuf_auto", False)
                 self._apply("rcvbuf", clamp_buffer(number, SOCK_MIN_RCVBUF, RMEM_MAX))
             else:
                 self._apply("sndbuf", clamp_buffer(number, SOCK_MIN_SNDBUF, WMEM_MAX))
+            return
+        if level == IPPROTO_TCP and name == TCP_CONGESTION:
+            algorithm = bytes(value).split(b"\0", 1)[0].decode("ascii", "replace")
+            if algorithm not in ALGORITHMS:
+                raise SocketError(errno.ENOENT, f"TCP congestion control {algorithm!r} is not available; "
+                                                f"use one of {', '.join(ALGORITHMS)}")
+            self._apply("congestion", algorithm)
             return
         if level == IPPROTO_TCP:
             number = unpack_int(value)
@@ -123,6 +156,12 @@ class TcpSocket(Socket):
             elif name == TCP_MAXSEG:
                 if not 88 <= number <= 32767 and number != 0:
                     raise SocketError(errno.EINVAL, f"TCP_MAXSEG {number} is outside 88..32767")
+            elif name == TCP_CORK:
+                self._apply("cork", bool(number))
+            elif name == TCP_USER_TIMEOUT:
+                if number < 0:
+                    raise SocketError(errno.EINVAL, f"TCP_USER_TIMEOUT {number} is negative; pass milliseconds >= 0")
+                self._apply("user_timeout", number / 1000)
             else:
                 raise SocketError(errno.ENOPROTOOPT, f"IPPROTO_TCP option {name} is not supported")
             return
@@ -139,6 +178,10 @@ class TcpSocket(Socket):
                 return pack_int(config.sndbuf)
             if name == SO_ACCEPTCONN:
                 return pack_int(int(self.listening))
+            if name == SO_LINGER:
+                return struct.pack("ii", *self.linger)
+            if name == SO_OOBINLINE:
+                return pack_int(int(self.oob_inline))
             if name == 4 and self.conn is not None and self.conn.error and not self.pending_error:
                 self.pending_error = self.conn.error
                 self.conn.error = 0
@@ -153,6 +196,14 @@ class TcpSocket(Socket):
                 return pack_int(config.keepcnt)
             if name == TCP_MAXSEG:
                 return pack_int(self.conn.mss if self.conn is not None and hasattr(self.conn, "mss") else 536)
+            if name == TCP_CORK:
+                return pack_int(int(config.cork))
+            if name == TCP_USER_TIMEOUT:
+                return pack_int(round(config.user_timeout * 1000))
+            if name == TCP_CONGESTION:
+                return config.congestion.encode().ljust(TCP_CA_NAME_MAX, b"\0")
+            if name == TCP_INFO:
+                return pack_tcp_info(self.conn.info() if self.conn is not None else None, self.listening)
             raise SocketError(errno.ENOPROTOOPT, f"IPPROTO_TCP option {name} is not supported")
         return super().get_option(level, name)
 
@@ -170,6 +221,7 @@ class TcpLayer:
         self.loop = loop
         self.counters = network.counters.tcp
         self.isn = isn
+        self.cookies = SynCookies(os.urandom(32), loop.time)
         self.ports = ports
         self.endpoints: dict[Key, Endpoint] = {}
         self.listeners: dict[tuple[bytes, int], TcpSocket] = {}
@@ -183,20 +235,28 @@ class TcpLayer:
             seg = tcp_header.parse(payload, header.src, header.dst, verify_checksum=not checksum_valid)
         except MalformedError as error:
             self.counters.InErrs += 1
+            if error.reason is Reason.BAD_CHECKSUM:
+                self.counters.InCsumErrors += 1
             log.debug("dropped TCP segment from %s: %s", header.src.hex(), error)
             return
-        if header.dst[0] >= 224 or header.dst == b"\xff\xff\xff\xff" or iface.is_broadcast(header.dst):
+        multicast = header.dst[0] == 0xFF if len(header.dst) == 16 else header.dst[0] >= 224
+        if multicast or header.dst == b"\xff\xff\xff\xff" or iface.is_broadcast(header.dst):
             self.counters.InErrs += 1
             return
 
         key = (header.dst, seg.dst_port, header.src, seg.src_port)
         endpoint = self.endpoints.get(key)
+        listener = self._find_listener(header.dst, seg.dst_port)
+        if endpoint is not None and listener is not None and endpoint.conn.accepts_new_syn(seg):
+            # A new incarnation of a connection in TIME-WAIT (RFC 6191), as Linux allows.
+            self.counters.TCPTimeWaitReuse += 1
+            self._call(endpoint, endpoint.conn.abort)
+            endpoint = None
         if endpoint is not None:
             endpoint.conn.on_segment(seg)
             self._after(endpoint)
             return
 
-        listener = self.listeners.get((header.dst, seg.dst_port)) or self.listeners.get((ANY4, seg.dst_port))
         if listener is not None:
             self._receive_on_listener(listener, header, seg)
             return
@@ -205,33 +265,88 @@ class TcpLayer:
         self.counters.InSegs += 1
         self._send_reset(header.dst, header.src, seg)
 
+    def _find_listener(self, dst: bytes, port: int) -> "TcpSocket | None":
+        """Return the listener for a SYN to ``dst``: a specific address beats the wildcard,
+        and an IPv6 wildcard listener takes IPv4 too unless IPV6_V6ONLY is set."""
+        for ip in (dst, ANY4, ANY6):
+            listener = self.listeners.get((ip, port))
+            if listener is not None and (ip == dst or len(ip) == len(dst) or listener.accepts_family(dst)):
+                return listener
+        return None
+
     def _receive_on_listener(self, listener: TcpSocket, header: ipv4.Ipv4Repr, seg: tcp_header.TcpRepr) -> None:
         """RFC 9293 section 3.10.7.2: ignore RST, reset an ACK, open a connection on SYN."""
         self.counters.InSegs += 1
         if seg.flags & tcp_header.RST:
             return
+        key = (header.dst, seg.dst_port, header.src, seg.src_port)
         if seg.flags & tcp_header.ACK:
+            if not seg.flags & tcp_header.SYN and self._accept_cookie(listener, key, seg):
+                return
             self._send_reset(header.dst, header.src, seg)
             return
-        if not seg.flags & tcp_header.SYN:
+        if not seg.flags & tcp_header.SYN or seg.flags & tcp_header.FIN:
+            # Linux's tcp_rcv_state_process drops SYN+FIN in LISTEN without a reply.
             return
 
-        if len(listener.accept_queue) + len(listener.syn_queue) > listener.backlog \
-                or len(listener.syn_queue) >= MAX_SYN_BACKLOG:
-            # The accept queue is full: drop the SYN so that the peer retries, as Linux does.
-            self.counters.ListenDrops = getattr(self.counters, "ListenDrops", 0) + 1
+        if len(listener.accept_queue) > listener.backlog:
+            # The accept queue holds backlog + 1 connections, as sk_acceptq_is_full in Linux;
+            # the SYN is dropped so that the peer retries.
+            self.counters.ListenOverflows += 1
+            self.counters.ListenDrops += 1
             return
         try:
-            mss = self.network.path_mtu(header.src) - 40
+            mss = self.network.mss_for(header.src)
         except NetworkError:
             return
+        if len(listener.syn_queue) >= min(max(listener.backlog, 1), MAX_SYN_BACKLOG):
+            # The SYN queue is full, so answer with a SYN cookie and keep no state (RFC 4987).
+            self._send_cookie(listener, key, seg, mss)
+            return
 
-        key = (header.dst, seg.dst_port, header.src, seg.src_port)
         endpoint = self._new_endpoint(key, mss, _copy_config(listener.config))
         endpoint.listener = listener
         listener.syn_queue.add(endpoint)
         endpoint.conn.accept_syn(seg)
         self._after(endpoint)
+
+    def _send_cookie(self, listener: TcpSocket, key: Key, syn: tcp_header.TcpRepr, mss: int) -> None:
+        """Answer ``syn`` with a SYN-ACK whose ISS is a SYN cookie."""
+        local_ip, local_port, remote_ip, remote_port = key
+        cookie, _ = self.cookies.make(_tuple_bytes(key), syn.seq, syn.mss or 536)
+        synack = tcp_header.TcpRepr(src_port=local_port, dst_port=remote_port, seq=cookie,
+                                    ack=(syn.seq + 1) & 0xFFFFFFFF, flags=tcp_header.SYN | tcp_header.ACK,
+                                    window=min(listener.config.rcvbuf, 0xFFFF), mss=mss)
+        self.counters.SyncookiesSent += 1
+        self.counters.OutSegs += 1
+        try:
+            self.network.output(local_ip, remote_ip, ipv4.PROTO_TCP, tcp_header.build(synack, local_ip, remote_ip))
+        except NetworkError as error:
+            log.debug("SYN cookie to %s failed: %s", _describe(key), error)
+
+    def _accept_cookie(self, listener: TcpSocket, key: Key, ack: tcp_header.TcpRepr) -> bool:
+        """Open a connection from an ACK that returns a valid SYN cookie; return whether it did."""
+        if self.counters.SyncookiesSent == 0:
+            return False
+        cookie = (ack.ack - 1) & 0xFFFFFFFF
+        peer_mss = self.cookies.check(_tuple_bytes(key), (ack.seq - 1) & 0xFFFFFFFF, cookie)
+        if peer_mss is None:
+            self.counters.SyncookiesFailed += 1
+            return False
+        if len(listener.accept_queue) > listener.backlog:
+            self.counters.ListenOverflows += 1
+            self.counters.ListenDrops += 1
+            return True
+        try:
+            mss = self.network.mss_for(key[2])
+        except NetworkError:
+            return False
+        self.counters.SyncookiesRecv += 1
+        endpoint = self._new_endpoint(key, mss, _copy_config(listener.config), iss=cookie)
+        endpoint.listener = listener
+        listener.syn_queue.add(endpoint)
+        self._call(endpoint, endpoint.conn.accept_cookie, ack, peer_mss)
+        return True
 
     def _send_reset(self, src: bytes, dst: bytes, seg: tcp_header.TcpRepr) -> None:
         reset = reset_for_unexpected(seg)
@@ -246,22 +361,32 @@ class TcpLayer:
 
     # Connection plumbing.
 
-    def _new_endpoint(self, key: Key, mss: int, config: TcpConfig) -> Endpoint:
+    def _new_endpoint(self, key: Key, mss: int, config: TcpConfig, iss: int | None = None) -> Endpoint:
         local_ip, local_port, remote_ip, remote_port = key
         endpoint = Endpoint(key=key, conn=None)  # type: ignore[arg-type]
 
+        offloads = self.network.offloads_for(remote_ip)
+
         def output(seg: tcp_header.TcpRepr) -> None:
             try:
-                self.network.output(local_ip, remote_ip, ipv4.PROTO_TCP, tcp_header.build(seg, local_ip, remote_ip))
+                if offloads.checksum:
+                    segment, offload = _build_partial(seg, local_ip, remote_ip, endpoint.conn.snd_mss)
+                    self.network.output(local_ip, remote_ip, ipv4.PROTO_TCP, segment, offload=offload)
+                else:
+                    self.network.output(local_ip, remote_ip, ipv4.PROTO_TCP, tcp_header.build(seg, local_ip, remote_ip))
             except NetworkError as error:
                 log.debug("TCP output %s:%d -> %s:%d failed: %s", local_ip.hex(), local_port,
                           remote_ip.hex(), remote_port, error)
 
         endpoint.conn = TcpConnection(
             local_ip=local_ip, local_port=local_port, remote_ip=remote_ip, remote_port=remote_port,
-            iss=self.isn.next(local_ip, local_port, remote_ip, remote_port), mss=mss, config=config,
+            iss=self.isn.next(local_ip, local_port, remote_ip, remote_port) if iss is None else iss,
+            mss=mss, config=config,
             counters=self.counters, clock=self.loop.time, output=output,
             notify=lambda: self._notify(endpoint))
+        if offloads.gso_max_size:
+            # Room for the largest IPv4 and TCP headers inside one GSO packet.
+            endpoint.conn.gso_max_size = offloads.gso_max_size - ipv4.MAX_HEADER_LEN - TCP_MAX_HEADER_LEN
         self.endpoints[key] = endpoint
         return endpoint
 
@@ -334,7 +459,7 @@ class TcpLayer:
     def bind(self, sock: TcpSocket, addr: SockAddr) -> None:
         if sock.local is not None:
             raise SocketError(errno.EINVAL, "socket is already bound")
-        if addr.ip != ANY4 and not self.network.is_local(addr.ip):
+        if not is_wildcard(addr.ip) and not self.network.is_local(addr.ip):
             raise SocketError(errno.EADDRNOTAVAIL, "address is not local")
         port = addr.port
         if port == 0:
@@ -349,7 +474,7 @@ class TcpLayer:
         if sock.endpoint is not None:
             raise SocketError(errno.EINVAL, "socket is connected")
         if sock.local is None:
-            self.bind(sock, SockAddr(ANY4, 0))
+            self.bind(sock, SockAddr(ANY6 if sock.family == AF_INET6 else ANY4, 0))
         key = (sock.local.ip, sock.local.port)
         existing = self.listeners.get(key)
         if existing is not None and existing is not sock:
@@ -384,18 +509,21 @@ class TcpLayer:
             raise SocketError(errno.EISCONN, "socket is already connected")
         if addr.ip == ANY4:
             addr = SockAddr(bytes([127, 0, 0, 1]), addr.port)
+        elif addr.ip == ANY6:
+            addr = SockAddr(bytes(15) + b"\x01", addr.port)
         if addr.port == 0:
             raise SocketError(errno.ECONNREFUSED, "port 0")
         try:
-            mss = self.network.path_mtu(addr.ip) - 40
-            source = sock.local.ip if sock.local is not None and sock.local.ip != ANY4 else self.network.source_for(addr.ip)
+            mss = self.network.mss_for(addr.ip)
+            source = sock.local.ip if sock.local is not None and not is_wildcard(sock.local.ip) \
+                else self.network.source_for(addr.ip)
         except NetworkError as error:
             raise SocketError(error.errno, str(error)) from None
 
         if sock.local is None:
             port = self.ports.ephemeral(lambda p: self._port_in_use(source, p, None)
                                         or (source, p, addr.ip, addr.port) in self.endpoints)
-            sock.local = SockAddr(ANY4, port)
+            sock.local = SockAddr(ANY6 if sock.family == AF_INET6 else ANY4, port)
             self.ports.add(port, sock)
         key = (source, sock.local.port, addr.ip, addr.port)
         if key in self.endpoints:
@@ -455,7 +583,17 @@ class TcpLayer:
     # Data.
 
     async def send(self, sock: TcpSocket, data: bytes, deadline: float | None) -> int:
-        conn = self._connected(sock)
+        """Queue ``data``, waiting for buffer space, as tcp_sendmsg() does.
+
+        A socket that never connected gets EPIPE; one still connecting waits
+        for the handshake (EAGAIN when non-blocking).
+        """
+        if sock.endpoint is None:
+            raise SocketError(errno.EPIPE, "socket is not connected")
+        conn = sock.conn
+        while conn.state in (State.SYN_SENT, State.SYN_RECEIVED) and not conn.error:
+            if not await wait_any([sock], deadline):
+                raise SocketError(errno.EAGAIN, "connection is in progress")
         view = memoryview(data)
         sent = 0
         while True:
@@ -535,7 +673,13 @@ class TcpLayer:
         if sock.endpoint is not None:
             endpoint = sock.endpoint
             endpoint.socket = None
-            self._call(endpoint, endpoint.conn.close)
+            if sock.linger == (1, 0) and endpoint.conn.state.is_synchronized:
+                # SO_LINGER with a zero time aborts: RST instead of FIN, as Linux's
+                # tcp_close, which counts it in TCPAbortOnData.
+                self.counters.TCPAbortOnData += 1
+                self._call(endpoint, endpoint.conn.abort)
+            else:
+                self._call(endpoint, endpoint.conn.close)
         if sock.local is not None:
             self.ports.remove(sock.local.port, sock)
         sock.closed = True
@@ -551,6 +695,13 @@ class TcpLayer:
         if endpoint.socket is not None:
             endpoint.socket.wake()
 
+    def path_mtu_changed(self, local: bytes, local_port: int, remote: bytes, remote_port: int, mtu: int) -> None:
+        """Shrink the segments of a connection to a path MTU learned from ICMP (RFC 1191, RFC 8201)."""
+        endpoint = self.endpoints.get((local, local_port, remote, remote_port))
+        if endpoint is None:
+            return
+        self._call(endpoint, endpoint.conn.set_path_mtu, mtu)
+
     def connections(self) -> list[Endpoint]:
         return list(self.endpoints.values())
 
@@ -559,5 +710,26 @@ def _copy_config(config: TcpConfig) -> TcpConfig:
     return dataclasses.replace(config)
 
 
+def _tuple_bytes(key: Key) -> bytes:
+    local_ip, local_port, remote_ip, remote_port = key
+    return local_ip + local_port.to_bytes(2, "big") + remote_ip + remote_port.to_bytes(2, "big")
+
+
 def _describe(key: Key) -> str:
     return f"{'.'.join(map(str, key[0]))}:{key[1]} -> {'.'.join(map(str, key[2]))}:{key[3]}"
+
+
+def _build_partial(seg: tcp_header.TcpRepr, src: bytes, dst: bytes, mss: int) -> tuple[bytearray, TransportOffload]:
+    """Build a segment whose checksum the device completes (CHECKSUM_PARTIAL in Linux).
+
+    The header is built without the payload so that no Python code sums the
+    payload; the checksum field then gets the pseudo-header sum of the whole
+    segment. A payload over ``mss`` asks the device to cut it into ``mss``-byte packets.
+    """
+    header = tcp_header.build(dataclasses.replace(seg, payload=b""), src, dst)
+    segment = bytearray(header)
+    segment += seg.payload
+    checksum = pseudo_header_sum(src, dst, ipv4.PROTO_TCP, len(segment))
+    segment[TCP_CHECKSUM_OFFSET:TCP_CHECKSUM_OFFSET + 2] = checksum.to_bytes(2, "big")
+    gso_size = mss if len(seg.payload) > mss else 0
+    return segment, TransportOffload(header_len=len(header), gso_size=gso_size)

@@ -37,13 +37,34 @@ IPPROTO_IP = 0
 IPPROTO_ICMP = 1
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
+IPPROTO_IPV6 = 41
+IPPROTO_ICMPV6 = 58
 IP_TOS = 1
 IP_TTL = 2
+IP_MTU_DISCOVER = 10
+IP_MTU = 14
+IPV6_UNICAST_HOPS = 16
+IPV6_MTU_DISCOVER = 23
+IPV6_MTU = 24
+IPV6_V6ONLY = 26
+# IP_PMTUDISC_DONT, WANT, DO, PROBE, INTERFACE and OMIT: the values Linux
+# accepts for IP_MTU_DISCOVER and IPV6_MTU_DISCOVER.
+PMTUDISC_DONT = 0
+PMTUDISC_WANT = 1
+PMTUDISC_DO = 2
+PMTUDISC_PROBE = 3
+PMTUDISC_OMIT = 5
 TCP_NODELAY = 1
 TCP_MAXSEG = 2
 TCP_KEEPIDLE = 4
 TCP_KEEPINTVL = 5
 TCP_KEEPCNT = 6
+TCP_CORK = 3
+TCP_INFO = 11
+TCP_CONGESTION = 13
+TCP_USER_TIMEOUT = 18
+SO_OOBINLINE = 10
+TCP_CA_NAME_MAX = 16    # bytes of a congestion control name, NUL included
 
 MSG_PEEK = 0x2
 MSG_DONTWAIT = 0x40
@@ -72,6 +93,7 @@ EPHEMERAL_HIGH = 60999
 SOMAXCONN = 4096
 
 ANY4 = b"\x00\x00\x00\x00"
+ANY6 = bytes(16)
 
 
 class SocketError(Exception):
@@ -84,14 +106,26 @@ class SocketError(Exception):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SockAddr:
-    """An IPv4 socket address; ``ip`` is 4 bytes, all zero for the wildcard."""
+    """A socket address; ``ip`` is 4 bytes for IPv4 and 16 for IPv6, all zero for the wildcard.
+
+    An AF_INET6 socket talking to an IPv4 peer holds the 4-byte address
+    here; the gRPC service shows it as a v4-mapped address. ``scope_id`` is
+    the interface index of a link-local IPv6 address, else 0.
+    """
 
     ip: bytes
     port: int
+    scope_id: int = 0
 
 
-def check_address(family: int, ip: bytes, port: int) -> SockAddr:
-    """Validate an address for ``family`` as bind/connect/sendto do (EINVAL, EAFNOSUPPORT)."""
+def check_address(family: int, ip: bytes, port: int, scope_id: int = 0, v6only: bool = False,
+                  bind: bool = False) -> SockAddr:
+    """Validate an address for ``family`` as bind/connect/sendto do (EINVAL, EAFNOSUPPORT).
+
+    For AF_INET6, a v4-mapped address becomes its 4-byte IPv4 address,
+    unless ``v6only`` forbids IPv4 on the socket: then bind fails with
+    EINVAL and connect or sendto with ENETUNREACH, as in Linux.
+    """
     if port < 0 or port > 0xFFFF:
         raise SocketError(errno.EINVAL, f"port {port} is outside 0..65535")
     if family == AF_INET:
@@ -100,7 +134,24 @@ def check_address(family: int, ip: bytes, port: int) -> SockAddr:
         if len(ip) != 4:
             raise SocketError(errno.EINVAL, f"an AF_INET address has 4 bytes, not {len(ip)}")
         return SockAddr(ip, port)
+    if family == AF_INET6:
+        if ip == b"":
+            ip = ANY6
+        if len(ip) != 16:
+            raise SocketError(errno.EINVAL, f"an AF_INET6 address has 16 bytes, not {len(ip)}")
+        if ip[:12] == b"\x00" * 10 + b"\xff\xff":
+            if v6only:
+                raise SocketError(errno.EINVAL if bind else errno.ENETUNREACH,
+                                  "a v4-mapped address on an IPV6_V6ONLY socket")
+            return SockAddr(ip[12:], port)
+        link_local = ip[0] == 0xFE and ip[1] & 0xC0 == 0x80
+        return SockAddr(ip, port, scope_id if link_local else 0)
     raise SocketError(errno.EAFNOSUPPORT, f"address family {family} is not supported")
+
+
+def is_wildcard(ip: bytes) -> bool:
+    """Tell whether ``ip`` is 0.0.0.0 or ::."""
+    return ip == ANY4 or ip == ANY6
 
 
 class Waiters:
@@ -184,6 +235,11 @@ class Socket:
         self.ttl = 64
         self.tos = 0
         self.closed = False
+        # IPv6 options: Linux's defaults are dual-stack (IPV6_V6ONLY off) and
+        # hop limit 64; IP_MTU_DISCOVER and IPV6_MTU_DISCOVER start at WANT.
+        self.v6only = False
+        self.hop_limit = 64
+        self.pmtudisc = PMTUDISC_WANT
 
     def take_error(self) -> int:
         """Return and clear the pending error, as SO_ERROR does."""
@@ -227,6 +283,24 @@ class Socket:
             if name == IP_TOS:
                 self.tos = unpack_int(value) & 0xFF
                 return
+            if name == IP_MTU_DISCOVER:
+                self.pmtudisc = _check_pmtudisc(unpack_int(value), "IP_MTU_DISCOVER")
+                return
+        if level == IPPROTO_IPV6 and self.family == AF_INET6:
+            if name == IPV6_V6ONLY:
+                if self.local is not None:
+                    raise SocketError(errno.EINVAL, "IPV6_V6ONLY cannot change after bind or connect")
+                self.v6only = bool(unpack_int(value))
+                return
+            if name == IPV6_UNICAST_HOPS:
+                hops = unpack_int(value)
+                if not -1 <= hops <= 255:
+                    raise SocketError(errno.EINVAL, f"IPV6_UNICAST_HOPS {hops} is outside -1..255")
+                self.hop_limit = 64 if hops == -1 else hops
+                return
+            if name == IPV6_MTU_DISCOVER:
+                self.pmtudisc = _check_pmtudisc(unpack_int(value), "IPV6_MTU_DISCOVER")
+                return
         raise SocketError(errno.ENOPROTOOPT, f"option level {level} name {name} is not supported")
 
     def get_option(self, level: int, name: int) -> bytes:
@@ -242,7 +316,33 @@ class Socket:
                 return pack_int(self.ttl)
             if name == IP_TOS:
                 return pack_int(self.tos)
+            if name == IP_MTU_DISCOVER:
+                return pack_int(self.pmtudisc)
+        if level == IPPROTO_IPV6 and self.family == AF_INET6:
+            if name == IPV6_V6ONLY:
+                return pack_int(int(self.v6only))
+            if name == IPV6_UNICAST_HOPS:
+                return pack_int(self.hop_limit)
+            if name == IPV6_MTU_DISCOVER:
+                return pack_int(self.pmtudisc)
         raise SocketError(errno.ENOPROTOOPT, f"option level {level} name {name} is not supported")
+
+    def hops_for(self, dst: bytes) -> int:
+        """Return the TTL or hop limit for a datagram to ``dst`` (IP_TTL or IPV6_UNICAST_HOPS)."""
+        return self.hop_limit if len(dst) == 16 else self.ttl
+
+    def accepts_family(self, ip: bytes) -> bool:
+        """Tell whether this socket may talk to ``ip``: IPv4 sockets only to IPv4, IPv6
+        sockets to both unless IPV6_V6ONLY is set."""
+        if self.family == AF_INET:
+            return len(ip) == 4
+        return len(ip) == 16 or not self.v6only
+
+
+def _check_pmtudisc(value: int, name: str) -> int:
+    if not PMTUDISC_DONT <= value <= PMTUDISC_OMIT:
+        raise SocketError(errno.EINVAL, f"{name} {value} is outside 0..5 (IP_PMTUDISC_DONT..IP_PMTUDISC_OMIT)")
+    return value
 
 
 class PortSpace:
@@ -281,7 +381,16 @@ class PortSpace:
 
 
 def addresses_overlap(a: bytes, b: bytes) -> bool:
-    return a == b or a == ANY4 or b == ANY4
+    """Tell whether two bound addresses conflict on one port.
+
+    0.0.0.0 covers every IPv4 address and :: covers every address, because
+    an IPv6 wildcard socket is dual-stack by default.
+    NOTE: an IPV6_V6ONLY socket on :: still conflicts with IPv4 binds here,
+    which is stricter than Linux.
+    """
+    if a == b or a == ANY6 or b == ANY6:
+        return True
+    return len(a) == len(b) == 4 and (a == ANY4 or b == ANY4)
 
 
 def clamp_buffer(value: int, minimum: int, maximum: int) -> int:

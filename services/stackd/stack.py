@@ -8,34 +8,26 @@ socket behind.
 
 import asyncio
 import errno
+import ipaddress
 import itertools
 import logging
 import os
 import random
 
 from sandnet_stackd.counters import Counters
-from sandnet_stackd.header import icmp, ipv4
+from sandnet_stackd.header import ipv4, ipv6
 from sandnet_stackd.interface import Address, Interface
-from sandnet_stackd.network import Network
+from sandnet_stackd.network import IcmpError, Network
 from sandnet_stackd.route import Route
 from sandnet_stackd.socket_dgram import DatagramLayer, DatagramSocket
 from sandnet_stackd.socket_tcp import TcpLayer, TcpSocket
 from sandnet_stackd.sockets import (
-    AF_INET, AF_INET6, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, POLLNVAL, SOCK_DGRAM, SOCK_STREAM,
-    PortSpace, SockAddr, Socket, SocketError, deadline_for, wait_any)
+    AF_INET, AF_INET6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, POLLNVAL, SOCK_DGRAM,
+    SOCK_STREAM, PortSpace, SockAddr, Socket, SocketError, deadline_for, wait_any)
 from sandnet_stackd.tcp import IsnGenerator, TcpConfig
 
 log = logging.getLogger("sandnet.stackd")
 
-# ICMP destination-unreachable codes and the errno Linux reports for each
-# (net/ipv4/icmp.c icmp_err_convert).
-_UNREACH_ERRNO = {
-    icmp.CODE_NET_UNREACHABLE: errno.ENETUNREACH,
-    icmp.CODE_HOST_UNREACHABLE: errno.EHOSTUNREACH,
-    icmp.CODE_PROTOCOL_UNREACHABLE: errno.ENOPROTOOPT,
-    icmp.CODE_PORT_UNREACHABLE: errno.ECONNREFUSED,
-    icmp.CODE_FRAGMENTATION_NEEDED: errno.EMSGSIZE,
-}
 NEIGHBOR_TICK_SECONDS = 0.1
 
 
@@ -50,16 +42,27 @@ class Stack:
         self._tcp_ports = PortSpace(rng)
         self._udp_ports = PortSpace(rng)
         self._ping_ids = PortSpace(rng)
+        self._ping6_ids = PortSpace(rng)
         self.tcp = TcpLayer(self.network, loop, IsnGenerator(os.urandom(16), loop.time), self._tcp_ports)
         self.udp = DatagramLayer(self.network, self._udp_ports, ipv4.PROTO_UDP)
         self.ping = DatagramLayer(self.network, self._ping_ids, ipv4.PROTO_ICMP)
+        self.ping6 = DatagramLayer(self.network, self._ping6_ids, IPPROTO_ICMPV6)
         self.network.register(ipv4.PROTO_UDP, self.udp.receive_udp)
         self.network.echo_reply_handler = self.ping.receive_echo_reply
+        self.network.ipv6.echo_reply_handler = self.ping6.receive_echo_reply6
         self.network.icmp_error_handler = self._icmp_error
         self._sockets: dict[int, Socket] = {}
         self._next_fd = itertools.count(3)
         self._sessions: dict[str, set[int]] = {}
+        self.stopping = asyncio.Event()
         self._tick = loop.call_later(NEIGHBOR_TICK_SECONDS, self._on_tick)
+
+    def stop(self) -> None:
+        """Close every socket and end every session, so that blocked calls
+        return their errno before the server stops."""
+        self.stopping.set()
+        for fd in list(self._sockets):
+            self.close_socket(fd)
 
     def close(self) -> None:
         """Stop timers and abort every socket."""
@@ -117,9 +120,7 @@ class Stack:
     # Socket calls.
 
     def socket(self, family: int, type_: int, protocol: int, session: str) -> int:
-        if family == AF_INET6:
-            raise SocketError(errno.EAFNOSUPPORT, "IPv6 sockets are not supported yet")
-        if family != AF_INET:
+        if family not in (AF_INET, AF_INET6):
             raise SocketError(errno.EAFNOSUPPORT, f"address family {family} is not supported")
         fd = next(self._next_fd)
         if type_ == SOCK_STREAM:
@@ -127,7 +128,8 @@ class Stack:
                 raise SocketError(errno.EPROTONOSUPPORT, f"protocol {protocol} is not a stream protocol")
             self._register(TcpSocket(fd, family, type_, IPPROTO_TCP, session, TcpConfig()))
         elif type_ == SOCK_DGRAM:
-            if protocol not in (0, IPPROTO_UDP, IPPROTO_ICMP):
+            ping = IPPROTO_ICMPV6 if family == AF_INET6 else IPPROTO_ICMP
+            if protocol not in (0, IPPROTO_UDP, ping):
                 raise SocketError(errno.EPROTONOSUPPORT, f"protocol {protocol} is not a datagram protocol")
             self._register(DatagramSocket(fd, family, type_, protocol or IPPROTO_UDP, session))
         else:
@@ -138,9 +140,22 @@ class Stack:
     def _layer(self, sock: Socket):
         if isinstance(sock, TcpSocket):
             return self.tcp
+        if sock.protocol == IPPROTO_ICMPV6:
+            return self.ping6
         return self.ping if sock.protocol == IPPROTO_ICMP else self.udp
 
+    def check_scope(self, addr: SockAddr) -> None:
+        """Check the scope id of a link-local IPv6 address as Linux does: it is
+        required (EINVAL) and must name an interface (ENODEV)."""
+        if len(addr.ip) != 16 or not ipv6.is_link_local(addr.ip):
+            return
+        if addr.scope_id == 0:
+            raise SocketError(errno.EINVAL, "a link-local address needs a scope id (an interface index)")
+        if not any(iface.index == addr.scope_id for iface in self.network.interfaces.values()):
+            raise SocketError(errno.ENODEV, f"no interface has index {addr.scope_id}")
+
     def bind(self, sock: Socket, addr: SockAddr) -> None:
+        self.check_scope(addr)
         self._layer(sock).bind(sock, addr)
 
     def listen(self, sock: Socket, backlog: int) -> None:
@@ -159,6 +174,7 @@ class Stack:
         return await self.tcp.accept(sock, deadline_for(timeout_ms), make_socket)
 
     async def connect(self, sock: Socket, addr: SockAddr, timeout_ms: int) -> None:
+        self.check_scope(addr)
         if isinstance(sock, TcpSocket):
             await self.tcp.connect(sock, addr, deadline_for(timeout_ms), nonblocking=timeout_ms == 0)
         else:
@@ -166,9 +182,9 @@ class Stack:
 
     async def send(self, sock: Socket, data: bytes, addr: SockAddr | None, timeout_ms: int) -> int:
         if isinstance(sock, TcpSocket):
-            if addr is not None and sock.endpoint is None:
-                raise SocketError(errno.EPIPE if sock.closed else errno.ENOTCONN, "socket is not connected")
             return await self.tcp.send(sock, data, deadline_for(timeout_ms))
+        if addr is not None:
+            self.check_scope(addr)
         return self._layer(sock).send(sock, data, addr)
 
     async def recv(self, sock: Socket, max_bytes: int, flags: int, timeout_ms: int) -> tuple[bytes, SockAddr | None, int]:
@@ -219,31 +235,22 @@ class Stack:
 
     # ICMP errors for sockets.
 
-    def _icmp_error(self, header: ipv4.Ipv4Repr, message: icmp.IcmpRepr) -> None:
-        """Route an ICMP error to the socket whose datagram it quotes."""
-        quoted = bytes(message.payload)
-        if len(quoted) < 28 or quoted[0] >> 4 != 4:
-            self.counters.icmp.InErrors += 1
-            return
-        header_len = (quoted[0] & 0x0F) * 4
-        if len(quoted) < header_len + 8:
-            self.counters.icmp.InErrors += 1
-            return
-        protocol, src, dst = quoted[9], quoted[12:16], quoted[16:20]
-        sport = int.from_bytes(quoted[header_len:header_len + 2], "big")
-        dport = int.from_bytes(quoted[header_len + 2:header_len + 4], "big")
-        if not self.network.is_local(src):
-            self.counters.icmp.InErrors += 1
-            return
-        if message.type != icmp.TYPE_DEST_UNREACHABLE:
-            code = errno.EHOSTUNREACH
-        else:
-            code = _UNREACH_ERRNO.get(message.code, errno.EHOSTUNREACH)
-        if protocol == ipv4.PROTO_UDP:
-            self.udp.icmp_error(src, sport, dst, dport, code)
-        elif protocol == ipv4.PROTO_TCP and message.type == icmp.TYPE_DEST_UNREACHABLE \
-                and message.code in (icmp.CODE_PORT_UNREACHABLE, icmp.CODE_PROTOCOL_UNREACHABLE):
-            self.tcp.icmp_error(src, sport, dst, dport, code)
+    def _icmp_error(self, error: IcmpError) -> None:
+        """Route an ICMP or ICMPv6 error to the socket whose datagram it quotes.
+
+        UDP sockets get the hard errors only, as Linux reports the others
+        only with IP_RECVERR. TCP applies a new path MTU to the connection,
+        and any other error aborts a connection still in SYN_SENT, as
+        Linux's tcp_v4_err and tcp_v6_err do.
+        """
+        if error.protocol == ipv4.PROTO_UDP:
+            if error.hard and not error.mtu:
+                self.udp.icmp_error(error.local, error.local_port, error.remote, error.remote_port, error.errno)
+        elif error.protocol == ipv4.PROTO_TCP:
+            if error.mtu:
+                self.tcp.path_mtu_changed(error.local, error.local_port, error.remote, error.remote_port, error.mtu)
+            else:
+                self.tcp.icmp_error(error.local, error.local_port, error.remote, error.remote_port, error.errno)
 
     # Views for Netinfo.
 
@@ -253,9 +260,13 @@ class Stack:
     def routes(self) -> list[Route]:
         return self.network.routes.routes()
 
+    def link_scope_id(self) -> int:
+        """Return the index of the Ethernet interface, the scope of link-local peers; 0 without one."""
+        return next((iface.index for iface in self.network.interfaces.values() if not iface.loopback), 0)
+
 
 def _ip(ip: bytes) -> str:
-    return ".".join(str(b) for b in ip) if len(ip) == 4 else ip.hex()
+    return str(ipaddress.ip_address(ip))
 
 
 __all__ = ["Stack", "SocketError", "SockAddr", "Address", "Interface", "Route", "wait_any"]

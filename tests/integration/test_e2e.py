@@ -264,3 +264,25 @@ def test_ss_lists_listener(sandbox):
 def test_bad_descriptor_is_ebadf(sandbox):
     reply = sandbox.client.call("Close", __import__("sandnet.v1.sockets_pb2", fromlist=["x"]).FdRequest(fd=999999))
     assert reply.errno == errno.EBADF
+
+
+def test_connect_to_silent_neighbor_is_ehostunreach(sandbox):
+    # Nobody holds .77 on the veth's subnet, so ARP gives up after three requests
+    # and connect() fails with EHOSTUNREACH, as Linux's does.
+    silent = sandbox.topo.sandbox_ip.rsplit(".", 1)[0] + ".77"
+    conn = sock(sandbox)
+    conn.settimeout(30)
+    assert conn.connect_ex((silent, 80)) == errno.EHOSTUNREACH
+    conn.close()
+
+
+def test_second_stackd_on_same_linkd_fails_at_start(sandbox, tmp_path):
+    link_path = os.path.join(sandbox.workdir, "linkd.sock")
+    argv = [os.path.join(os.path.dirname(sys.executable), "sandnet-stackd"), "--link", f"unix:{link_path}",
+            "--listen", f"unix:{tmp_path}/second.sock"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "already serves another stackd" in result.stderr
+    # The first stack keeps serving.
+    ping = sandbox.topo.peer.run("ping", "-c", "1", "-W", "2", sandbox.topo.sandbox_ip, check=False)
+    assert ping.returncode == 0

@@ -109,10 +109,10 @@ def test_nonblocking_recv_is_eagain(client):
         s.close()
 
 
-def test_ipv6_socket_is_eafnosupport(client):
-    with pytest.raises(OSError) as raised:
-        ssock.socket(ssock.AF_INET6, ssock.SOCK_STREAM, client=client)
-    assert raised.value.errno == errno.EAFNOSUPPORT
+def test_unsupported_family_is_eafnosupport(client):
+    from sandnet.v1 import sockets_pb2
+    reply = client.call("Socket", sockets_pb2.SocketRequest(family=17, type=3))  # AF_PACKET, SOCK_RAW
+    assert reply.errno == errno.EAFNOSUPPORT
 
 
 def connected_pair(client):
@@ -252,3 +252,24 @@ def test_connect_to_closed_loopback_port_is_refused(client):
     conn.settimeout(5)
     assert conn.connect_ex(("127.0.0.1", 1)) == errno.ECONNREFUSED
     conn.close()
+
+
+def test_sigterm_with_blocked_accept_exits_cleanly(tmp_path):
+    import threading
+    stack_path, sockd_path = str(tmp_path / "stackd.sock"), str(tmp_path / "sockd.sock")
+    with netlab.start_stackd(str(tmp_path / "unused"), stack_path, extra=["--network", "none"]) as stackd, \
+            netlab.start_sockd(stack_path, sockd_path, network="sandbox"):
+        box = Client(f"unix:{sockd_path}")
+        listener = ssock.socket(ssock.AF_INET, ssock.SOCK_STREAM, client=box)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        blocked = threading.Thread(target=lambda: pytest.raises(OSError, listener.accept), daemon=True)
+        blocked.start()
+        blocked.join(0.5)
+        assert stackd.stop() == 0
+        blocked.join(10)
+        box.close()
+        log = stackd.log_text()
+    assert "Traceback" not in log
+    assert "ERROR" not in log
+    assert "stackd stopped" in log

@@ -247,9 +247,20 @@ def test_mss_is_minimum_of_both_sides():
     syn = wire.sent_by("a")[0]
     b = make_connection(wire, "b", mss=1460)
     b.accept_syn(syn)
-    assert b.snd_mss == 1000
+    # Both offer timestamps, so each segment gives 12 bytes of the MSS to TSopt, as in Linux.
+    assert b.snd_mss == 1000 - 12
     wire.run(lambda: a.state is State.ESTABLISHED, max_time=5)
-    assert a.snd_mss == 1000
+    assert a.snd_mss == 1000 - 12
+
+
+def test_mss_without_timestamps():
+    clock = FakeClock()
+    wire = Wire(clock)
+    a = make_connection(wire, "a", config=TcpConfig(timestamps=False), mss=1000)
+    a.connect()
+    b = make_connection(wire, "b", mss=1460)
+    b.accept_syn(wire.sent_by("a")[0])
+    assert b.snd_mss == 1000
 
 
 def test_syn_retries_then_etimedout():

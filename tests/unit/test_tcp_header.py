@@ -121,17 +121,33 @@ def header(data_offset_words: int, options: bytes = b"", payload: bytes = b"") -
     (b"\x00" * 19, Reason.TRUNCATED),
     (header(4), Reason.BAD_HEADER_LENGTH),
     (header(6), Reason.BAD_HEADER_LENGTH),
-    (header(6, struct.pack("!BBH", 30, 1, 0)), Reason.BAD_OPTION),
-    (header(6, struct.pack("!BBH", 30, 8, 0)), Reason.BAD_OPTION),
-    (header(6, struct.pack("!BBBB", 2, 3, 0, 0)), Reason.BAD_OPTION),
-    (header(6, struct.pack("!BBBB", 3, 4, 7, 0)), Reason.BAD_OPTION),
-    (header(6, struct.pack("!BBBB", 1, 1, 1, 5)), Reason.BAD_OPTION),
-    (header(8, struct.pack("!BB", 5, 6) + b"\x00" * 10), Reason.BAD_OPTION),
 ])
 def test_parse_rejects_malformed(raw, reason):
     with pytest.raises(MalformedError) as caught:
         tcp.parse(raw, SRC4, DST4)
     assert caught.value.reason is reason
+
+
+@pytest.mark.parametrize("options", [
+    struct.pack("!BBH", 30, 1, 0),                  # length below 2 ends parsing
+    struct.pack("!BBH", 30, 8, 0),                  # length past the header ends parsing
+    struct.pack("!BBBB", 2, 3, 0, 0),               # MSS of length 3 is skipped
+    struct.pack("!BBBB", 3, 4, 7, 0),               # window scale of length 4 is skipped
+    struct.pack("!BBBB", 1, 1, 1, 5),               # kind 5 without a length byte ends parsing
+    struct.pack("!BB", 5, 6) + b"\x00" * 10,         # SACK of length 6 is skipped
+])
+def test_parse_keeps_segment_with_bad_option(options):
+    """Like Linux's tcp_parse_options: bad options are skipped or end parsing, the segment is kept."""
+    parsed = tcp.parse(header(5 + len(options) // 4, options, b"data"), SRC4, DST4)
+    assert bytes(parsed.payload) == b"data"
+    assert parsed.mss is None
+    assert parsed.window_scale is None
+    assert parsed.sack_blocks == ()
+
+
+def test_parse_options_after_bad_length_are_ignored():
+    options = struct.pack("!BBH", 30, 1, 0) + struct.pack("!BBH", 2, 4, 999)
+    assert tcp.parse(header(7, options), SRC4, DST4).mss is None
 
 
 def test_parse_rejects_bad_checksum():

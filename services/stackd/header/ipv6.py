@@ -133,3 +133,131 @@ def is_unspecified(ip: bytes) -> bool:
 def is_link_local(ip: bytes) -> bool:
     """Tell whether ``ip`` is in fe80::/10 (RFC 4291 section 2.5.6)."""
     return ip[0] == 0xFE and ip[1] & 0xC0 == 0x80
+
+
+# Extension headers (RFC 8200 section 4).
+
+FRAGMENT_HEADER_LEN = 8
+_FRAGMENT = struct.Struct("!BxHI")
+_MORE_FRAGMENTS = 0x1
+_AUTHENTICATION_HEADER = 51
+_SOLICITED_NODE_PREFIX = bytes.fromhex("ff0200000000000000000001ff")
+
+OPTION_PAD1 = 0
+OPTION_PADN = 1
+OPTION_ROUTER_ALERT = 5
+
+# The two high bits of an option type say what to do when the type is unknown
+# (RFC 8200 section 4.2).
+ACTION_SKIP = 0
+ACTION_DISCARD = 1
+ACTION_DISCARD_ICMP = 2
+ACTION_DISCARD_ICMP_UNLESS_MULTICAST = 3
+
+
+@dataclasses.dataclass(slots=True)
+class FragmentRepr:
+    """The Fragment header, with ``offset`` in bytes rather than 8-byte units."""
+
+    next_header: int
+    offset: int
+    more: bool
+    ident: int
+
+
+@dataclasses.dataclass(slots=True)
+class OptionRepr:
+    """One option of a Hop-by-Hop or Destination Options header; ``offset`` is from the header start."""
+
+    type: int
+    offset: int
+    data: memoryview
+
+    @property
+    def action(self) -> int:
+        """The action for an unrecognized option (one of the ACTION_* values)."""
+        return self.type >> 6
+
+
+def extension_header_length(next_header: int, data: bytes | bytearray | memoryview) -> int:
+    """Return the length in bytes of the extension header at the start of ``data``.
+
+    Raises MalformedError(TRUNCATED) when ``data`` is shorter than the
+    header's first two bytes or than the length they give.
+    """
+    if len(data) < 2:
+        raise MalformedError(Reason.TRUNCATED, f"extension header {next_header} in {len(data)} bytes, need 2")
+    if next_header == NEXT_HEADER_FRAGMENT:
+        length = FRAGMENT_HEADER_LEN
+    elif next_header == _AUTHENTICATION_HEADER:
+        length = (data[1] + 2) * 4  # RFC 4302 section 2.2: in 4-byte units minus 2
+    else:
+        length = (data[1] + 1) * 8
+    if length > len(data):
+        raise MalformedError(
+            Reason.TRUNCATED, f"extension header {next_header} of {length} bytes with {len(data)} bytes left"
+        )
+    return length
+
+
+def parse_fragment(data: bytes | bytearray | memoryview) -> FragmentRepr:
+    """Parse a Fragment header (RFC 8200 section 4.5); raises MalformedError(TRUNCATED) below 8 bytes."""
+    if len(data) < FRAGMENT_HEADER_LEN:
+        raise MalformedError(Reason.TRUNCATED, f"fragment header of {len(data)} bytes, need {FRAGMENT_HEADER_LEN}")
+    next_header, offset_flags, ident = _FRAGMENT.unpack_from(data)
+    return FragmentRepr(next_header, offset_flags & ~0x7, bool(offset_flags & _MORE_FRAGMENTS), ident)
+
+
+def build_fragment(next_header: int, offset: int, more: bool, ident: int) -> bytes:
+    """Build a Fragment header; raises ValueError for an offset that is not a multiple of 8 below 65536."""
+    if offset % 8 or not 0 <= offset <= 0xFFF8:
+        raise ValueError(f"invalid IPv6 fragment offset {offset}: need a multiple of 8 from 0 to 65528")
+    return _FRAGMENT.pack(next_header, offset | (_MORE_FRAGMENTS if more else 0), ident & 0xFFFFFFFF)
+
+
+def parse_options(header: bytes | bytearray | memoryview) -> list[OptionRepr]:
+    """Parse the options of a Hop-by-Hop or Destination Options header (RFC 8200 section 4.2).
+
+    ``header`` is the whole extension header, its first two bytes included.
+    Padding options are left out. Raises MalformedError(BAD_OPTION) when an
+    option's length runs past the header.
+    """
+    view = memoryview(header)
+    options = []
+    offset = 2
+    while offset < len(view):
+        option_type = view[offset]
+        if option_type == OPTION_PAD1:
+            offset += 1
+            continue
+        if offset + 2 > len(view):
+            raise MalformedError(Reason.BAD_OPTION, f"option {option_type} at offset {offset} has no length byte")
+        end = offset + 2 + view[offset + 1]
+        if end > len(view):
+            raise MalformedError(
+                Reason.BAD_OPTION, f"option {option_type} at offset {offset} ends at {end}, past {len(view)}"
+            )
+        if option_type != OPTION_PADN:
+            options.append(OptionRepr(option_type, offset, view[offset + 2:end]))
+        offset = end
+    return options
+
+
+def build_hop_by_hop_router_alert(next_header: int) -> bytes:
+    """Build an 8-byte Hop-by-Hop header with the Router Alert option for MLD (RFC 2711, RFC 3810 section 5)."""
+    return bytes((next_header, 0, OPTION_ROUTER_ALERT, 2, 0, 0, OPTION_PADN, 0))
+
+
+def solicited_node(ip: bytes) -> bytes:
+    """Return the solicited-node multicast address ff02::1:ffXX:XXXX of ``ip`` (RFC 4291 section 2.7.1)."""
+    return _SOLICITED_NODE_PREFIX + ip[13:16]
+
+
+def is_v4_mapped(ip: bytes) -> bool:
+    """Tell whether ``ip`` is an IPv4-mapped address ::ffff:a.b.c.d (RFC 4291 section 2.5.5.2)."""
+    return len(ip) == ADDRESS_LEN and ip[:12] == b"\x00" * 10 + b"\xff\xff"
+
+
+def map_v4(ip: bytes) -> bytes:
+    """Return the IPv4-mapped IPv6 address of a 4-byte IPv4 address."""
+    return b"\x00" * 10 + b"\xff\xff" + ip

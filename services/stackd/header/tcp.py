@@ -91,8 +91,8 @@ def parse(segment: bytes | bytearray | memoryview, src_ip: bytes, dst_ip: bytes,
     keep ``segment`` unchanged while it uses the result.
 
     Raises MalformedError with TRUNCATED (shorter than 20 bytes), BAD_HEADER_LENGTH
-    (data offset below 5 or past the segment), BAD_CHECKSUM, or BAD_OPTION (option
-    length below 2 or past the header, or a wrong length for a known option).
+    (data offset below 5 or past the segment) or BAD_CHECKSUM. Malformed options
+    do not raise: like Linux, parsing skips or stops at them and keeps the segment.
     """
     if len(segment) < HEADER_LEN:
         raise MalformedError(Reason.TRUNCATED, f"TCP segment of {len(segment)} bytes, minimum {HEADER_LEN}")
@@ -116,7 +116,12 @@ def parse(segment: bytes | bytearray | memoryview, src_ip: bytes, dst_ip: bytes,
 
 
 def _parse_options(segment, header_len: int, result: TcpRepr) -> None:
-    """Fill the known options of ``result`` from the option bytes of ``segment``."""
+    """Fill the known options of ``result`` from the option bytes of ``segment``.
+
+    Bad options are handled as Linux's tcp_parse_options handles them, which
+    keeps the segment: an option with a length below 2 or running past the
+    header ends parsing, and a known option with the wrong length is skipped.
+    """
     position = HEADER_LEN
     while position < header_len:
         kind = segment[position]
@@ -127,14 +132,14 @@ def _parse_options(segment, header_len: int, result: TcpRepr) -> None:
             continue
 
         if position + 1 >= header_len:
-            raise MalformedError(Reason.BAD_OPTION, f"TCP option kind {kind} has no length byte")
+            return
         length = segment[position + 1]
         if length < 2 or position + length > header_len:
-            raise MalformedError(Reason.BAD_OPTION,
-                                 f"TCP option kind {kind} length {length} at offset {position}, header ends at {header_len}")
+            return
         expected = _OPTION_LENGTHS.get(kind)
         if expected is not None and length != expected:
-            raise MalformedError(Reason.BAD_OPTION, f"TCP option kind {kind} length {length}, expected {expected}")
+            position += length
+            continue
 
         body = position + 2
         if kind == OPT_MSS:
@@ -145,9 +150,7 @@ def _parse_options(segment, header_len: int, result: TcpRepr) -> None:
             result.sack_permitted = True
         elif kind == OPT_TIMESTAMP:
             result.timestamp = _U32_PAIR.unpack_from(segment, body)
-        elif kind == OPT_SACK:
-            if (length - 2) % 8 or length == 2:
-                raise MalformedError(Reason.BAD_OPTION, f"TCP SACK option length {length}, expected 2 + 8 * n")
+        elif kind == OPT_SACK and length > 2 and (length - 2) % 8 == 0:
             result.sack_blocks = tuple(_U32_PAIR.unpack_from(segment, offset)
                                        for offset in range(body, position + length, 8))
         position += length

@@ -8,6 +8,9 @@ from .config import TcpConfig
 from .connection import TcpConnection, reset_for_unexpected
 from .counters import TcpCounters
 from .isn import IsnGenerator
+from .info import pack_tcp_info
 from .state import State
+from .syncookies import SynCookies
 
-__all__ = ["IsnGenerator", "State", "TcpConfig", "TcpConnection", "TcpCounters", "reset_for_unexpected"]
+__all__ = ["IsnGenerator", "State", "SynCookies", "TcpConfig", "TcpConnection", "TcpCounters", "pack_tcp_info",
+           "reset_for_unexpected"]

@@ -28,3 +28,12 @@ class TcpConfig:
     time_wait: float = 60.0       # 2 * MSL with MSL = 30 s, TCP_TIMEWAIT_LEN in Linux
     delayed_ack: float = 0.040    # TCP_DELACK_MIN in Linux
     window_scaling: bool = True   # tcp_window_scaling
+    timestamps: bool = True       # tcp_timestamps: RFC 7323 TSopt and PAWS
+    sack: bool = True             # tcp_sack: RFC 2018 SACK
+    congestion: str = "cubic"     # TCP_CONGESTION, "cubic" or "reno"
+    user_timeout: float = 0.0     # TCP_USER_TIMEOUT in seconds, 0 for the retries2 limit
+    cork: bool = False            # TCP_CORK
+    # Receive buffer auto-tuning (Linux tcp_moderate_rcvbuf) until the
+    # application sets SO_RCVBUF; rcvbuf_max is tcp_rmem[2].
+    rcvbuf_auto: bool = True
+    rcvbuf_max: int = 6291456

@@ -1,7 +1,18 @@
-"""NewReno congestion control (RFC 5681 with the RFC 6582 fast recovery)."""
+"""Congestion control: NewReno (RFC 5681 with RFC 6582 fast recovery) and CUBIC (RFC 9438).
+
+Both share the loss recovery mechanics; CUBIC changes only how much the
+window shrinks on a congestion event and how it grows in congestion
+avoidance. ``make_congestion`` builds one by its Linux name.
+"""
+
+from collections.abc import Callable
 
 # RFC 6928 initial window of 10 segments, as Linux uses.
 INITIAL_WINDOW_SEGMENTS = 10
+
+# The names TCP_CONGESTION accepts, as Linux spells them.
+ALGORITHMS = ("cubic", "reno")
+DEFAULT_ALGORITHM = "cubic"
 
 
 class NewReno:
@@ -13,10 +24,17 @@ class NewReno:
     ``on_timeout`` on a retransmission timeout. ``on_duplicate_ack`` and
     ``on_ack`` return whether the first unacknowledged segment must be
     retransmitted now.
+
+    With ``sack`` set the connection counts the data in flight itself (the
+    pipe of RFC 6675), so recovery neither inflates nor deflates the window:
+    it stays at ssthresh until recovery ends.
     """
 
-    def __init__(self, mss: int) -> None:
+    name = "reno"
+
+    def __init__(self, mss: int, sack: bool = False) -> None:
         self.mss = mss
+        self.sack = sack
         self.cwnd = INITIAL_WINDOW_SEGMENTS * mss
         self.ssthresh = 1 << 30
         self.duplicate_acks = 0
@@ -36,9 +54,10 @@ class NewReno:
                 return False
             # Partial acknowledgment (step 4): retransmit the next hole, deflate by
             # the amount acknowledged and add back one segment.
-            self.cwnd = max(self.cwnd - acked, 0)
-            if acked >= self.mss:
-                self.cwnd += self.mss
+            if not self.sack:
+                self.cwnd = max(self.cwnd - acked, 0)
+                if acked >= self.mss:
+                    self.cwnd += self.mss
             self._partial_acks += 1
             return True
 
@@ -46,25 +65,39 @@ class NewReno:
             # RFC 5681 section 3.1 slow start, with RFC 3465 byte counting limited to 2 segments.
             self.cwnd += min(acked, 2 * self.mss)
         else:
-            # Congestion avoidance: one segment per window of acknowledged bytes.
-            self._avoidance_bytes += acked
-            if self._avoidance_bytes >= self.cwnd:
-                self._avoidance_bytes -= self.cwnd
-                self.cwnd += self.mss
+            self._grow_in_avoidance(acked)
         return False
+
+    def _grow_in_avoidance(self, acked: int) -> None:
+        """Congestion avoidance (RFC 5681 section 3.1): one segment per window of acknowledged bytes."""
+        self._avoidance_bytes += acked
+        if self._avoidance_bytes >= self.cwnd:
+            self._avoidance_bytes -= self.cwnd
+            self.cwnd += self.mss
+
+    def _reduced_ssthresh(self, flight: int) -> int:
+        """Return ssthresh after a congestion event: half the flight size (RFC 5681 equation 4)."""
+        return max(flight // 2, 2 * self.mss)
 
     def on_duplicate_ack(self, snd_una: int, snd_max: int, flight: int) -> bool:
         """Count a duplicate ACK; on the third, enter fast recovery (RFC 6582 section 3.2 step 2)."""
         if self.in_recovery:
             # Each further duplicate ACK means a segment has left the network.
-            self.cwnd += self.mss
+            if not self.sack:
+                self.cwnd += self.mss
             return False
 
         self.duplicate_acks += 1
-        if self.duplicate_acks < 3 or snd_una <= self.recover:
+        if self.duplicate_acks < 3:
             return False
-        self.ssthresh = max(flight // 2, 2 * self.mss)
-        self.cwnd = self.ssthresh + 3 * self.mss
+        return self.enter_recovery(snd_una, snd_max, flight)
+
+    def enter_recovery(self, snd_una: int, snd_max: int, flight: int) -> bool:
+        """Start fast recovery unless this loss belongs to the last one; return whether it started."""
+        if self.in_recovery or snd_una <= self.recover:
+            return False
+        self.ssthresh = self._reduced_ssthresh(flight)
+        self.cwnd = self.ssthresh if self.sack else self.ssthresh + 3 * self.mss
         self.recover = snd_max
         self.in_recovery = True
         self._partial_acks = 0
@@ -72,9 +105,95 @@ class NewReno:
 
     def on_timeout(self, snd_max: int, flight: int) -> None:
         """Collapse to one segment after a retransmission timeout (RFC 5681 section 3.1)."""
-        self.ssthresh = max(flight // 2, 2 * self.mss)
+        self.ssthresh = self._reduced_ssthresh(flight)
         self.cwnd = self.mss
         self.recover = snd_max
         self.in_recovery = False
         self.duplicate_acks = 0
         self._avoidance_bytes = 0
+
+
+# RFC 9438 section 4.1 constants.
+_CUBIC_C = 0.4
+_CUBIC_BETA = 0.7
+_RENO_ALPHA = 3 * (1 - _CUBIC_BETA) / (1 + _CUBIC_BETA)   # RFC 9438 section 4.3
+
+
+class Cubic(NewReno):
+    """CUBIC (RFC 9438): the window follows a cubic function of the time since the last reduction.
+
+    ``clock`` returns monotonic seconds and ``srtt`` the smoothed RTT in
+    seconds (None before the first sample). Window arithmetic is in
+    segments, as in the RFC, and converted to bytes through ``mss``.
+    """
+
+    name = "cubic"
+
+    def __init__(self, mss: int, clock: Callable[[], float], srtt: Callable[[], float | None],
+                 sack: bool = False) -> None:
+        super().__init__(mss, sack)
+        self._clock = clock
+        self._srtt = srtt
+        self.w_max = 0.0                # segments, before the last reduction
+        self._w_last_max = 0.0
+        self._k = 0.0                   # seconds until the window is back at w_max
+        self._epoch_start: float | None = None
+        self._w_est = 0.0               # Reno-friendly window estimate, segments
+        self._credit = 0.0              # bytes of growth not yet added to cwnd
+
+    def _reduced_ssthresh(self, flight: int) -> int:
+        """Reduce by beta_cubic with fast convergence (RFC 9438 sections 4.6 and 4.7)."""
+        segments = self.cwnd / self.mss
+        if segments < self._w_last_max:
+            self.w_max = segments * (1 + _CUBIC_BETA) / 2
+        else:
+            self.w_max = segments
+        self._w_last_max = segments
+        self._epoch_start = None
+        return max(int(self.cwnd * _CUBIC_BETA), 2 * self.mss)
+
+    def _grow_in_avoidance(self, acked: int) -> None:
+        """Grow towards W_cubic(t + RTT), never slower than Reno would (RFC 9438 sections 4.2 to 4.4)."""
+        now = self._clock()
+        cwnd = self.cwnd / self.mss
+        if self._epoch_start is None:
+            self._epoch_start = now
+            if cwnd < self.w_max:
+                self._k = ((self.w_max - cwnd) / _CUBIC_C) ** (1 / 3)
+            else:
+                self._k = 0.0
+                self.w_max = cwnd
+            self._w_est = cwnd
+
+        rtt = self._srtt() or 0.1
+        t = now - self._epoch_start
+        target = _CUBIC_C * (t + rtt - self._k) ** 3 + self.w_max
+        target = min(max(target, cwnd), 1.5 * cwnd)
+
+        segments_acked = acked / self.mss
+        self._w_est += _RENO_ALPHA * segments_acked / cwnd
+        if self._w_est > target:
+            target = self._w_est        # Reno-friendly region
+        # Fractions of a byte add up over ACKs, so slow growth is not rounded away.
+        self._credit += (target - cwnd) / cwnd * segments_acked * self.mss
+        if self._credit >= 1:
+            whole = int(self._credit)
+            self.cwnd += whole
+            self._credit -= whole
+
+    def on_timeout(self, snd_max: int, flight: int) -> None:
+        super().on_timeout(snd_max, flight)
+        self._epoch_start = None
+
+
+def make_congestion(name: str, mss: int, clock: Callable[[], float], srtt: Callable[[], float | None],
+                    sack: bool = False) -> NewReno:
+    """Build the algorithm TCP_CONGESTION names ("cubic" or "reno").
+
+    Raises ValueError for any other name.
+    """
+    if name == "cubic":
+        return Cubic(mss, clock, srtt, sack)
+    if name == "reno":
+        return NewReno(mss, sack)
+    raise ValueError(f"unknown congestion control {name!r}; expected one of {', '.join(ALGORITHMS)}")

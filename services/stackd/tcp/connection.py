@@ -18,9 +18,10 @@ from collections.abc import Callable
 from ..header.tcp import ACK, FIN, PSH, RST, SYN, TcpRepr
 from .buffers import OutOfOrderQueue
 from .config import TcpConfig
-from .congestion import NewReno
+from .congestion import make_congestion
 from .counters import TcpCounters
 from .rtt import MAX_RTO, RttEstimator
+from .sack import ReceivedBlocks, Scoreboard
 from .state import State
 
 _MASK = 0xFFFFFFFF
@@ -33,6 +34,8 @@ _WINDOW_SCALE_BUFFER = 1 << 22
 _DEFAULT_MSS_IPV4 = 536         # RFC 9293 section 3.7.1
 _DEFAULT_MSS_IPV6 = 1220        # RFC 8200 minimum MTU 1280 minus 60
 _MIN_SEND_MSS = 48              # Linux tcp_min_snd_mss
+_TIMESTAMP_OPTION_LEN = 12      # NOP, NOP, kind 8 of length 10: taken from each segment's payload
+_PAWS_IDLE_LIMIT = 24 * 24 * 3600.0     # RFC 7323 section 5.5: TS.Recent is invalid after 24 days idle
 
 # States in which queued data or a FIN may be (re)transmitted.
 _SENDING_STATES = frozenset({State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1,
@@ -137,10 +140,34 @@ class TcpConnection:
         self._keepalive_probes = 0
         self._last_received = clock()
 
+        # RFC 7323 timestamps. TSval counts milliseconds from an offset taken
+        # from the ISS, so it reveals no host uptime (Linux uses a random tsoffset).
+        self._ts_offered = False
+        self._ts_enabled = False
+        self._ts_offset = (self._iss * 0x9E3779B1) & _MASK
+        self._ts_recent = 0
+        self._ts_recent_time = 0.0
+        self._last_ack_sent = 0         # RCV.NXT in the last ACK sent (Last.ACK.sent)
+
+        # RFC 2018 SACK and the RFC 6675 recovery state.
+        self._sack_offered = False
+        self._sack_enabled = False
+        self._scoreboard = Scoreboard()
+        self._received_blocks = ReceivedBlocks()
+        self._high_rxt = 0              # holes below this offset were retransmitted in this recovery
+
+        self._unacked_since: float | None = None    # when the data at SND.UNA went out, for TCP_USER_TIMEOUT
+        self._total_retrans = 0
+        self._rcv_space_copied = 0      # bytes read since _rcv_space_start, for auto-tuning
+        self._rcv_space_start = clock()
+
         self._rtt = RttEstimator()
         self._rtt_seq: int | None = None    # offset whose ACK ends the RTT measurement
         self._rtt_start = 0.0
-        self._congestion = NewReno(self._snd_mss)
+        self._congestion = self._new_congestion()
+        # Largest payload of one segment handed to ``output`` when the device
+        # cuts segments (GSO); 0 keeps every segment at one MSS.
+        self.gso_max_size = 0
 
     # Status read by the socket layer.
 
@@ -194,6 +221,90 @@ class TcpConnection:
         """Congestion window in bytes."""
         return self._congestion.cwnd
 
+    @property
+    def congestion_control(self) -> str:
+        """Name of the congestion control algorithm, as TCP_CONGESTION reports it."""
+        return self._congestion.name
+
+    def info(self) -> dict:
+        """Return the fields of Linux's struct tcp_info that this connection tracks.
+
+        Times are in microseconds and windows in segments, as Linux reports them.
+        """
+        mss = max(self._snd_mss, 1)
+        outstanding = self._snd_max - self._snd_una
+        srtt = self._rtt.srtt or 0.0
+        options = 0
+        if self._ts_enabled:
+            options |= 1            # TCPI_OPT_TIMESTAMPS
+        if self._sack_enabled:
+            options |= 2            # TCPI_OPT_SACK
+        if self._rcv_wscale or self._snd_wscale:
+            options |= 4            # TCPI_OPT_WSCALE
+        return {
+            "state": self.state,
+            "ca_state": 3 if self._congestion.in_recovery else 0,     # TCP_CA_Recovery or TCP_CA_Open
+            "retransmits": self._retries,
+            "probes": max(self._persist_probes, self._keepalive_probes),
+            "backoff": self._rtt.backoffs,
+            "options": options,
+            "snd_wscale": self._snd_wscale,
+            "rcv_wscale": self._rcv_wscale,
+            "rto": int(self._rtt.rto * 1e6),
+            "ato": int(self._config.delayed_ack * 1e6),
+            "snd_mss": self._snd_mss,
+            "rcv_mss": self._rcv_mss,
+            "unacked": -(-outstanding // mss),
+            "sacked": -(-self._scoreboard.sacked_bytes() // mss),
+            "retrans": 0,
+            "pmtu": self._mss + (60 if len(self.remote_ip) == 16 else 40),
+            "rcv_ssthresh": self._config.rcvbuf,
+            "rtt": int(srtt * 1e6),
+            "rttvar": int(self._rtt.rttvar * 1e6),
+            "snd_ssthresh": min(self._congestion.ssthresh // mss, 0x7FFFFFFF),
+            "snd_cwnd": self._congestion.cwnd // mss,
+            "advmss": self._mss,
+            "reordering": 3,
+            "rcv_space": self._config.rcvbuf,
+            "total_retrans": self._total_retrans,
+        }
+
+    def accepts_new_syn(self, syn: TcpRepr) -> bool:
+        """Whether a SYN may replace this connection in TIME-WAIT with a new one.
+
+        As Linux's tcp_timewait_state_process: the SYN must start above RCV.NXT,
+        or, with timestamps, carry a TSval newer than TS.Recent (RFC 6191).
+        """
+        if self.state is not State.TIME_WAIT or not syn.flags & SYN or syn.flags & (ACK | RST | FIN):
+            return False
+        if self._ts_enabled and syn.timestamp is not None:
+            return _seq_diff(syn.timestamp[0], self._ts_recent) > 0
+        return _seq_diff(syn.seq, self._rcv_wire(self._rcv_nxt)) > 0
+
+    def accept_cookie(self, ack: TcpRepr, mss: int) -> None:
+        """Open a passive connection in ESTABLISHED from the ACK that returned a valid SYN cookie.
+
+        The listener kept no state for the SYN, so IRS is SEG.SEQ - 1, ISS
+        was the cookie (SEG.ACK - 1, which must equal this connection's
+        ``iss``), and the only option known is the ``mss`` the cookie encoded:
+        window scaling, timestamps and SACK stay off, as in Linux without TSopt.
+        """
+        self._require_fresh("accept_cookie")
+        self._passive = True
+        self._irs = (ack.seq - 1) & _MASK
+        self._rcv_nxt = 1
+        self._rcv_adv = 1 + min(self._config.rcvbuf, _MAX_WINDOW_FIELD)
+        self._last_ack_sent = 1
+        self._snd_mss = max(min(mss, self._mss), _MIN_SEND_MSS)
+        self._congestion = self._new_congestion()
+        self._snd_una = self._snd_nxt = self._snd_max = 1
+        self._snd_wnd = self._max_snd_wnd = ack.window
+        self._snd_wl1 = 0
+        self._snd_wl2 = 1
+        self._counters.PassiveOpens += 1
+        self._enter_established()
+        self.on_segment(ack)
+
     # Opening.
 
     def connect(self) -> None:
@@ -201,6 +312,8 @@ class TcpConnection:
         self._require_fresh("connect")
         if self._config.window_scaling:
             self._window_scale_offer = self._choose_window_scale()
+        self._ts_offered = self._config.timestamps
+        self._sack_offered = self._config.sack
         self._set_state(State.SYN_SENT)
         self._counters.ActiveOpens += 1
         self._send_syn()
@@ -215,6 +328,8 @@ class TcpConnection:
         self._passive = True
         if self._config.window_scaling and syn.window_scale is not None:
             self._window_scale_offer = self._choose_window_scale()
+        self._ts_offered = self._config.timestamps and syn.timestamp is not None
+        self._sack_offered = self._config.sack and syn.sack_permitted
         self._receive_syn(syn)
         self._snd_wnd = syn.window
         self._max_snd_wnd = syn.window
@@ -228,6 +343,10 @@ class TcpConnection:
         if self.state is not State.CLOSED or self._finished:
             raise RuntimeError(f"TCP {operation} on a connection in state {self.state.name}; "
                                "create a new TcpConnection")
+
+    def _new_congestion(self):
+        return make_congestion(self._config.congestion, self._snd_mss, self._clock, lambda: self._rtt.srtt,
+                               sack=self._sack_enabled)
 
     def _choose_window_scale(self) -> int:
         needed = max(self._config.rcvbuf, _WINDOW_SCALE_BUFFER)
@@ -247,7 +366,16 @@ class TcpConnection:
 
         peer_mss = syn.mss if syn.mss else self._default_peer_mss()
         self._snd_mss = max(min(peer_mss, self._mss), _MIN_SEND_MSS)
-        self._congestion = NewReno(self._snd_mss)
+
+        # RFC 7323 section 3.2 and RFC 2018 section 2: each is used only when both SYNs carry it.
+        self._ts_enabled = self._ts_offered and syn.timestamp is not None
+        if self._ts_enabled:
+            self._ts_recent = syn.timestamp[0]
+            self._ts_recent_time = self._clock()
+            # Like Linux's mss_cache, the send MSS leaves room for the option.
+            self._snd_mss = max(self._snd_mss - _TIMESTAMP_OPTION_LEN, _MIN_SEND_MSS)
+        self._sack_enabled = self._sack_offered and syn.sack_permitted
+        self._congestion = self._new_congestion()
 
         # RFC 7323 section 2.2: scaling applies only when both SYNs carry the option.
         if self._window_scale_offer is not None and syn.window_scale is not None:
@@ -316,6 +444,21 @@ class TcpConnection:
             # The peer did not get our SYN-ACK and retransmitted its SYN.
             self._send_syn()
             return
+        if (self.state is State.SYN_RECEIVED and not self._passive and flags & SYN and flags & ACK
+                and seq == 0 and self._snd_offset(seg.ack) == self._snd_max):
+            # Simultaneous open: the peer's SYN-ACK acknowledges our SYN. Linux's
+            # tcp_validate_incoming lets exactly this SYN through.
+            if self._process_ack(seg, seq) and self.state is not State.CLOSED:
+                self._push()
+            return
+
+        # RFC 7323 section 5.3: PAWS drops a segment whose TSval is older than TS.Recent.
+        if (self._ts_enabled and seg.timestamp is not None and not flags & RST
+                and _seq_diff(seg.timestamp[0], self._ts_recent) < 0
+                and self._clock() - self._ts_recent_time <= _PAWS_IDLE_LIMIT):
+            self._counters.PAWSEstab += 1
+            self._send_ack()
+            return
 
         # First: the sequence number must fall in the receive window.
         if not self._is_acceptable(seq, seg):
@@ -324,6 +467,13 @@ class TcpConnection:
                     self._close_deadline = self._clock() + self._config.time_wait
                 self._send_ack()
             return
+
+        # RFC 7323 section 4.3: remember the TSval to echo when the segment
+        # covers the left edge of the window.
+        if (self._ts_enabled and seg.timestamp is not None and seq <= self._last_ack_sent
+                and _seq_diff(seg.timestamp[0], self._ts_recent) >= 0):
+            self._ts_recent = seg.timestamp[0]
+            self._ts_recent_time = self._clock()
 
         # Second: RST, accepted only at exactly RCV.NXT (RFC 5961 section 3.2).
         if flags & RST:
@@ -400,15 +550,21 @@ class TcpConnection:
             return False
 
         window = seg.window << self._snd_wscale
+        new_sack = self._sack_enabled and self._record_sack_blocks(seg.sack_blocks, ack)
         if ack > self._snd_una:
             self._acknowledge(ack)
         elif (ack == self._snd_una and not seg.payload and not seg.flags & FIN
-              and window == self._snd_wnd and self._snd_max > self._snd_una):
-            # RFC 5681 section 2 duplicate ACK.
+              and (window == self._snd_wnd or new_sack) and self._snd_max > self._snd_una):
+            # RFC 5681 section 2 duplicate ACK; with SACK, any ACK bringing new SACK information.
             flight = self._snd_max - self._snd_una
             if self._congestion.on_duplicate_ack(self._snd_una, self._snd_max, flight):
-                self._counters.TCPFastRetrans += 1
-                self._retransmit_head()
+                self._start_loss_recovery()
+            elif self._congestion.in_recovery and self._scoreboard:
+                self._retransmit_holes()
+            elif self._scoreboard.sacked_bytes() > 2 * self._snd_mss:
+                # RFC 6675 section 5 IsLost(SND.UNA): more than DupThresh - 1 segments SACKed above it.
+                if self._congestion.enter_recovery(self._snd_una, self._snd_max, flight):
+                    self._start_loss_recovery()
 
         if self._snd_wl1 < seq or (self._snd_wl1 == seq and self._snd_wl2 <= ack):
             self._snd_wnd = window
@@ -419,6 +575,58 @@ class TcpConnection:
                 self._persist_deadline = None
                 self._persist_backoff = 0
         return True
+
+    def _record_sack_blocks(self, blocks, ack: int) -> bool:
+        """Add the SACK blocks above ``ack`` to the scoreboard; return whether any was new (RFC 2018).
+
+        Blocks at or below the cumulative ACK (D-SACK, RFC 2883) or beyond
+        SND.MAX are ignored.
+        """
+        new = False
+        for left_wire, right_wire in blocks:
+            left = self._snd_offset(left_wire)
+            right = self._snd_offset(right_wire)
+            if ack <= left < right <= self._snd_max:
+                new |= self._scoreboard.add(left, right)
+        return new
+
+    def _start_loss_recovery(self) -> None:
+        """Retransmit on entering fast recovery: the holes with SACK (RFC 6675), else the first segment."""
+        self._counters.TCPFastRetrans += 1
+        self._high_rxt = self._snd_una
+        if self._scoreboard:
+            self._counters.TCPSackRecovery += 1
+            self._retransmit_holes(first=True)
+        else:
+            self._counters.TCPRenoRecovery += 1
+            self._retransmit_head()
+
+    def _retransmit_holes(self, first: bool = False) -> None:
+        """Retransmit unSACKed data below the highest SACKed byte while the pipe is under cwnd.
+
+        RFC 6675 section 5: pipe counts the bytes in flight that are neither
+        SACKed nor presumed lost. Every hole below the highest SACKed byte is
+        presumed lost (a simplification of IsLost that matches RACK's view
+        once later data was SACKed). ``first`` sends one segment whatever the pipe.
+        """
+        mss = self._snd_mss
+        data_end = self._snd_buf_start + len(self._snd_buf)
+        self._high_rxt = max(self._high_rxt, self._snd_una)
+        holes = [(start, min(end, data_end)) for start, end in self._scoreboard.holes(self._snd_una)]
+        not_resent = sum(max(end - max(start, self._high_rxt), 0) for start, end in holes)
+        pipe = self._snd_max - self._snd_una - self._scoreboard.sacked_bytes() - not_resent
+        sent = False
+        for start, end in holes:
+            start = max(start, self._high_rxt)
+            while start < end and (pipe + mss <= self._congestion.cwnd or (first and not sent)):
+                size = min(mss, end - start)
+                self._send_data(start, size, fin=False)
+                start += size
+                self._high_rxt = start
+                pipe += size
+                sent = True
+        if sent:
+            self._arm_rto()
 
     def _acknowledge(self, ack: int) -> None:
         """Advance SND.UNA to ``ack``: free acknowledged data, time, grow the window, follow a FIN."""
@@ -432,6 +640,8 @@ class TcpConnection:
         self._snd_una = ack
         self._snd_nxt = max(self._snd_nxt, ack)
         self._retries = 0
+        self._scoreboard.forget_below(ack)
+        self._unacked_since = now if ack < self._snd_max else None
 
         if self._rtt_seq is not None and ack >= self._rtt_seq:
             self._rtt.sample(now - self._rtt_start)
@@ -445,7 +655,10 @@ class TcpConnection:
         if acked_bytes and self.state is not State.SYN_SENT:
             flight = self._snd_max - self._snd_una
             if self._congestion.on_ack(acked_bytes, self._snd_una, flight):
-                self._retransmit_head()
+                if self._scoreboard:
+                    self._retransmit_holes(first=True)
+                else:
+                    self._retransmit_head()
 
         if self._fin_queued and ack > data_end:
             self._on_fin_acknowledged()
@@ -496,6 +709,7 @@ class TcpConnection:
             else:
                 self._counters.TCPOFOQueue += 1
                 self._out_of_order.add(start, data)
+                self._received_blocks.note(start)
                 ack_now = True
 
         if fin:
@@ -579,17 +793,28 @@ class TcpConnection:
             fin_pending = self._fin_queued and self._snd_nxt <= data_end
             if unsent <= 0 and not fin_pending:
                 break
+            sacked_end = self._scoreboard.sacked_end(self._snd_nxt) if self._scoreboard else None
+            if sacked_end is not None and self._snd_nxt < self._snd_max:
+                # RFC 6675 section 5.1: data the peer SACKed is not sent again.
+                self._snd_nxt = min(sacked_end, self._snd_max)
+                continue
 
             if unsent > 0:
-                # Segments are at most one MSS. Sending larger bursts for GSO
-                # would raise this cap and leave the split to the stack.
                 flight = self._snd_nxt - self._snd_una
                 usable = min(self._congestion.cwnd, self._snd_wnd) - flight
-                size = min(mss, unsent, usable)
+                size = min(self._burst_size(mss), unsent, usable)
+                if mss < size < unsent:
+                    size -= size % mss      # Only the last segment of the queue may end short.
                 if size <= 0:
                     break
                 retransmitting = self._snd_nxt < self._snd_max
+                if retransmitting and self._scoreboard:
+                    next_sacked = self._scoreboard.next_sacked_start(self._snd_nxt)
+                    if next_sacked is not None:
+                        size = min(size, next_sacked - self._snd_nxt)
                 if size < mss and not retransmitting and not force:
+                    if self._config.cork and size == unsent and not self._fin_queued:
+                        break       # TCP_CORK: hold a partial segment until uncorked.
                     if size < unsent and size < self._max_snd_wnd // 2:
                         break       # Sender SWS avoidance: wait for the window to open.
                     if (size == unsent and not self._fin_queued and not self._config.nodelay
@@ -615,6 +840,12 @@ class TcpConnection:
               and self._persist_deadline is None):
             self._arm_persist()
 
+    def _burst_size(self, mss: int) -> int:
+        """Return the payload bytes one segment may carry: a multiple of MSS up to gso_max_size under GSO."""
+        if self.gso_max_size <= mss:
+            return mss
+        return self.gso_max_size - self.gso_max_size % mss
+
     def _send_data(self, start: int, size: int, fin: bool) -> None:
         """Send ``size`` buffered bytes from offset ``start``, with FIN if ``fin``."""
         index = start - self._snd_buf_start
@@ -626,8 +857,11 @@ class TcpConnection:
             flags |= FIN
 
         end = start + size + fin
+        if self._unacked_since is None:
+            self._unacked_since = self._clock()
         if start < self._snd_max:
             self._counters.RetransSegs += 1
+            self._total_retrans += 1
             self._rtt_seq = None        # Karn's rule: no RTT sample across a retransmission.
         elif self._rtt_seq is None:
             self._start_rtt(end)
@@ -649,7 +883,7 @@ class TcpConnection:
         synchronized = self.state is State.SYN_RECEIVED
         self._emit(self._snd_wire(0), SYN | ACK if synchronized else SYN, b"",
                    window=min(self._config.rcvbuf, _MAX_WINDOW_FIELD), mss=self._mss,
-                   window_scale=self._window_scale_offer)
+                   window_scale=self._window_scale_offer, sack_permitted=self._sack_offered)
 
     def _send_ack(self) -> None:
         """Send a bare ACK with sequence number SND.MAX, so that the peer does not drop it as old.
@@ -664,19 +898,39 @@ class TcpConnection:
         self._send_ack()
 
     def _emit(self, seq_wire: int, flags: int, payload: bytes, *, window: int | None = None,
-              mss: int | None = None, window_scale: int | None = None) -> None:
-        """Hand one segment to ``output``; every segment but the first SYN carries ACK."""
+              mss: int | None = None, window_scale: int | None = None, sack_permitted: bool = False) -> None:
+        """Hand one segment to ``output``; every segment but the first SYN carries ACK.
+
+        Adds TSopt once negotiated (and on our SYN when offered) and SACK
+        blocks while out-of-order data is queued.
+        """
         if self.state is State.CLOSED:
             return
         if window is None:
             window = self._window_field()
         ack_wire = self._rcv_wire(self._rcv_nxt) if flags & ACK else 0
+        timestamp = None
+        if self._ts_enabled or (flags & SYN and self._ts_offered):
+            timestamp = (self._tsval(), self._ts_recent if flags & ACK else 0)
+        sack_blocks = ()
+        if self._sack_enabled and flags & ACK and not flags & SYN and len(self._out_of_order):
+            # RFC 2018 section 3: at most 3 blocks next to TSopt in 40 bytes, 4 without.
+            limit = 3 if timestamp else 4
+            blocks = self._received_blocks.blocks(self._out_of_order.ranges(), self._rcv_nxt, limit)
+            sack_blocks = tuple((self._rcv_wire(start), self._rcv_wire(end)) for start, end in blocks)
+        if flags & ACK:
+            self._last_ack_sent = self._rcv_nxt
         self._unacked_bytes = 0
         self._delack_deadline = None
         self._counters.OutSegs += 1
         self._output(TcpRepr(src_port=self.local_port, dst_port=self.remote_port, seq=seq_wire,
                              ack=ack_wire, flags=flags, window=window, mss=mss,
-                             window_scale=window_scale, payload=payload))
+                             window_scale=window_scale, sack_permitted=sack_permitted,
+                             timestamp=timestamp, sack_blocks=sack_blocks, payload=payload))
+
+    def _tsval(self) -> int:
+        """Return this side's TSval: a millisecond clock (RFC 7323 section 5.4 allows 1 ms to 1 s per tick)."""
+        return (int(self._clock() * 1000) + self._ts_offset) & _MASK
 
     def _emit_reset(self, seq_wire: int, ack: bool) -> None:
         self._counters.OutRsts += 1
@@ -720,8 +974,28 @@ class TcpConnection:
         data = bytes(memoryview(self._rcv_buf)[:count])
         if not peek:
             del self._rcv_buf[:count]
+            if self._config.rcvbuf_auto:
+                self._tune_receive_buffer(count)
             self._maybe_send_window_update()
         return data
+
+    def _tune_receive_buffer(self, copied: int) -> None:
+        """Grow the receive buffer to twice what the application reads per RTT.
+
+        A simplified Linux tcp_rcv_space_adjust (dynamic right-sizing): the
+        window then stays ahead of a reader that keeps up, up to rcvbuf_max.
+        It never shrinks the buffer.
+        """
+        self._rcv_space_copied += copied
+        now = self._clock()
+        rtt = self._rtt.srtt
+        if rtt is None or now - self._rcv_space_start < max(rtt, 0.001):
+            return
+        wanted = min(4 * self._rcv_space_copied, self._config.rcvbuf_max)
+        if wanted > self._config.rcvbuf:
+            self._config.rcvbuf = wanted
+        self._rcv_space_copied = 0
+        self._rcv_space_start = now
 
     def _maybe_send_window_update(self) -> None:
         if self.state not in _RECEIVING_STATES:
@@ -768,6 +1042,24 @@ class TcpConnection:
         self.shutdown_write()
         self._notify()
 
+    def set_path_mtu(self, mtu: int) -> None:
+        """Lower the send MSS to fit a path MTU learned from ICMP (RFC 1191, RFC 8201).
+
+        Segments in flight were dropped by the router that sent the ICMP, so
+        they go out again at the new size at once, without a congestion
+        response, as Linux's tcp_simple_retransmit does.
+        """
+        header = 60 if len(self.remote_ip) == 16 else 40
+        mss = max(mtu - header, _MIN_SEND_MSS)
+        if mss >= self._snd_mss:
+            return
+        self._snd_mss = mss
+        self._congestion.mss = mss
+        if self.state in _SENDING_STATES and self._snd_nxt > self._snd_una:
+            self._snd_nxt = self._snd_una
+            self._rtt_seq = None
+            self._push()
+
     def abort(self) -> None:
         """Send RST when synchronized and go CLOSED at once."""
         if self.state.is_synchronized and self.state not in (State.CLOSED, State.TIME_WAIT):
@@ -785,8 +1077,13 @@ class TcpConnection:
             raise ValueError(f"unknown TCP option {name!r}; expected one of {', '.join(sorted(names))}")
         setattr(self._config, name, value)
 
-        if name == "nodelay" and value:
+        if (name == "nodelay" and value) or (name == "cork" and not value):
             self._push()
+        elif name == "congestion":
+            previous = self._congestion
+            self._congestion = self._new_congestion()
+            self._congestion.cwnd = previous.cwnd
+            self._congestion.ssthresh = previous.ssthresh
         elif name in ("keepalive", "keepidle"):
             self._keepalive_deadline = None
             self._arm_keepalive()
@@ -827,6 +1124,9 @@ class TcpConnection:
         """Retransmit after the timer expired (RFC 6298 sections 5.4 to 5.6), within Linux's retry limits."""
         self._rto_deadline = None
         self._counters.TCPTimeouts += 1
+        if self._user_timeout_expired(now):
+            self._give_up()
+            return
         zero_window = self._snd_wnd == 0 and self.state.is_synchronized and self.state is not State.SYN_RECEIVED
         if zero_window:
             # The peer closed its window under data in flight. Retransmissions act
@@ -901,6 +1201,8 @@ class TcpConnection:
             self._keepalive_deadline = self._last_received + config.keepidle
             return
         if self._keepalive_probes >= config.keepcnt:
+            # Linux's tcp_keepalive_timer resets the connection it gives up on.
+            self._emit_reset(seq_wire=self._snd_wire(self._snd_max), ack=True)
             self._give_up()
             return
         self._counters.TCPKeepAlive += 1
@@ -911,6 +1213,15 @@ class TcpConnection:
     def _arm_rto(self, restart: bool = False) -> None:
         if self._rto_deadline is None or restart:
             self._rto_deadline = self._clock() + self._rtt.rto
+            if self._config.user_timeout and self._unacked_since is not None:
+                # As Linux's tcp_clamp_rto_to_user_timeout: wake up when the user timeout ends.
+                limit = self._unacked_since + self._config.user_timeout
+                self._rto_deadline = max(min(self._rto_deadline, limit), self._clock())
+
+    def _user_timeout_expired(self, now: float) -> bool:
+        """Whether data has gone unacknowledged for TCP_USER_TIMEOUT (RFC 5482)."""
+        return (bool(self._config.user_timeout) and self._unacked_since is not None
+                and self.state.is_synchronized and now - self._unacked_since >= self._config.user_timeout)
 
     def _arm_persist(self) -> None:
         interval = min(self._rtt.rto * (2 ** min(self._persist_backoff, 16)), MAX_RTO)

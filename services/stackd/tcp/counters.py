@@ -22,6 +22,7 @@ class TcpCounters:
     RetransSegs: int = 0
     InErrs: int = 0
     OutRsts: int = 0
+    InCsumErrors: int = 0
 
     # TcpExt
     TCPTimeouts: int = 0
@@ -35,3 +36,12 @@ class TcpCounters:
     TCPOFOQueue: int = 0
     TCPWinProbe: int = 0
     TCPKeepAlive: int = 0
+    PAWSEstab: int = 0
+    TCPSackRecovery: int = 0
+    TCPRenoRecovery: int = 0
+    ListenOverflows: int = 0
+    ListenDrops: int = 0
+    SyncookiesSent: int = 0
+    SyncookiesRecv: int = 0
+    SyncookiesFailed: int = 0
+    TCPTimeWaitReuse: int = 0

@@ -1,0 +1,1 @@
+"""The directory that ``sandnet run`` puts first on PYTHONPATH; see sitecustomize.py."""
