@@ -7,7 +7,7 @@
                                    concurrent tasks for SECONDS; prints the count
 
 Protocols, all on the Linux kernel's sockets:
-- sink: read to EOF, then answer with the byte count as decimal text and close.
+- sink: read to EOF, then send the byte count as decimal text and close.
 - source: read one line holding a byte count N, send N bytes, close.
 - echo: send back every byte received; the UDP echo returns each datagram.
 - hold: keep the connection open until the client closes it.

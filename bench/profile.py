@@ -35,9 +35,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def profiled(name: str, argv: list[str], listen_path: str, out_dir: str, ns=None) -> netlab.ServiceProcess:
-    command = [sys.executable, "-m", "cProfile", "-o", os.path.join(out_dir, f"{name}.prof"),
-               os.path.join(netlab.BIN_DIR, f"sandnet-{name}"), *argv]
+def profiled(name: str, argv: list[str], listen_path: str, out_dir: str, ns=None,
+             enabled: bool = True) -> netlab.ServiceProcess:
+    """Start service ``name``, under cProfile writing OUT_DIR/NAME.prof if ``enabled``."""
+    program = os.path.join(netlab.BIN_DIR, f"sandnet-{name}")
+    command = [program, *argv]
+    if enabled:
+        command = [sys.executable, "-m", "cProfile", "-o", os.path.join(out_dir, f"{name}.prof"), *command]
     return netlab.ServiceProcess(command, listen_path, ns)
 
 
@@ -47,6 +51,7 @@ def main() -> int:
     parser.add_argument("--gso", default="true", choices=("true", "false", "software"))
     parser.add_argument("--seconds", type=float, default=8.0, help="workload duration in seconds")
     parser.add_argument("--top", type=int, default=25, help="profile entries to print per service")
+    parser.add_argument("--cpu-only", action="store_true", help="run without cProfile and report CPU seconds only")
     args = parser.parse_args()
     netlab.require_root()
 
@@ -57,10 +62,11 @@ def main() -> int:
         try:
             assert peer.stdout.readline().strip() == "ready"
             services["linkd"] = profiled("linkd", ["--device", f"veth:{topo.sandbox_if}", "--listen", f"unix:{link}",
-                                                   f"--gso={args.gso}"], link, tmp, topo.sandbox)
-            services["stackd"] = profiled("stackd", ["--link", f"unix:{link}", "--listen", f"unix:{stack}"], stack, tmp)
+                                                   f"--gso={args.gso}"], link, tmp, topo.sandbox, not args.cpu_only)
+            services["stackd"] = profiled("stackd", ["--link", f"unix:{link}", "--listen", f"unix:{stack}"], stack, tmp,
+                                          enabled=not args.cpu_only)
             services["sockd"] = profiled("sockd", ["--stack", f"unix:{stack}", "--listen", f"unix:{sockd}",
-                                                   "--network", "sandbox"], sockd, tmp)
+                                                   "--network", "sandbox"], sockd, tmp, enabled=not args.cpu_only)
             port = {"bulk_to": BASE_PORT, "bulk_from": BASE_PORT + 1, "tcp_rr": BASE_PORT + 2}[args.workload]
             before = {name: cpu_seconds(service.pid) for name, service in services.items()}
             start = time.monotonic()
@@ -82,6 +88,8 @@ def main() -> int:
 
         for name in services:
             path = os.path.join(tmp, f"{name}.prof")
+            if args.cpu_only:
+                break
             if not os.path.exists(path):
                 print(f"--- {name}: no profile written")
                 continue

@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     ping.add_argument("-c", dest="count", type=int, default=4, help="echo requests to send (default 4)")
     ping.add_argument("-W", dest="wait", type=float, default=1.0,
                       help="seconds to wait for each reply (default 1)")
-    ping.add_argument("host", help="IPv4 address or host name")
+    ping.add_argument("host", help="IPv4 or IPv6 address, or host name")
 
     get = commands.add_parser("get", help="fetch an http:// URL and print the body")
     get.add_argument("url", help="http://HOST[:PORT]/PATH")
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise CommandError(str(error)) from None
     if args.command == "run":
-        # The check above proved that sockd answers; the program opens its own session.
+        # The check above proved that sockd responds; the program opens its own session.
         client.close()
         return command_run(args)
     with client:
@@ -165,8 +165,8 @@ def icmp_checksum(data: bytes) -> int:
 def echo_request(sequence: int, kind: int = ICMP_ECHO_REQUEST) -> bytes:
     """Build an ICMP or ICMPv6 echo request; the identifier is 0 because the ping socket sets it.
 
-    The ICMPv6 checksum covers a pseudo-header that only the stack knows, so
-    the ping socket fills it; the ICMP checksum is filled here.
+    The ICMPv6 checksum covers a pseudo-header with the source address that
+    the stack picks, so the ping socket fills it. The ICMP checksum is filled here.
     """
     payload = struct.pack("!d", time.time()) + bytes(range(PING_PAYLOAD_BYTES - 8))
     header = struct.pack("!BBHHH", kind, 0, 0, 0, sequence)

@@ -1,8 +1,8 @@
 """A selectors.BaseSelector that waits on sandnet sockets and OS descriptors together.
 
 A sandnet socket has no OS descriptor, so the kernel's poll() cannot watch
-it. SandnetSelector asks sockd's Poll call about the sandnet sockets and the
-kernel's poll() about everything else (asyncio's self-pipe, subprocess
+it. SandnetSelector queries sockd's Poll call for the sandnet sockets and the
+kernel's poll() for everything else (asyncio's self-pipe, subprocess
 pipes, files), in one wait:
 
 - only OS descriptors registered: the kernel's poll() alone, no gRPC call;

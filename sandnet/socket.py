@@ -6,7 +6,7 @@ the kernel's, because it is local IPC and not network.
 
 A sandnet socket has no OS descriptor. Its fileno() is a number of its own,
 at FILENO_BASE or above, so that it can share a selector with OS descriptors
-without colliding; select.select() rejects it as out of range. Wait on
+without colliding. The kernel's select.select() rejects it as out of range. Wait on
 sandnet sockets with poll() from this module or with
 sandnet.selector.SandnetSelector, which selectors.DefaultSelector becomes
 under sandnet.patch().
@@ -144,6 +144,9 @@ def resolve_host(family: int, host: str, client: Client | None = None) -> bytes:
     packed = _numeric_address(family, host)
     if packed is not None:
         return packed
+    other_family = AF_INET6 if family == AF_INET else AF_INET
+    if _numeric_address(other_family, host) is not None:
+        raise gaierror(_socket.EAI_ADDRFAMILY, f"{host!r} is an address of the other IP family")
     try:
         return (client or Client.default()).resolver().resolve(host, family)[0]
     except ResolveError as failure:

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Prepare a fresh machine for sandnet: the Debian tools the demo and tests
 # drive (iproute2, ping, curl, dnsmasq-base as the peer's DNS server,
-# docker-compose for `make compose-check`), a virtual environment, and the project
+# docker-compose for `make compose-check`, ethtool to turn off offloads around the
+# TCP impairment relay), a virtual environment, and the project
 # installed into it in editable mode with its development dependencies.
 set -euo pipefail
 
 venv=${1:-.venv}
-debs=(iproute2 iputils-ping curl dnsmasq-base docker-compose)
+debs=(iproute2 iputils-ping curl dnsmasq-base docker-compose ethtool)
 
 missing=()
 for pkg in "${debs[@]}"; do

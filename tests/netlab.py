@@ -277,10 +277,10 @@ class RouterTopology:
     sandbox (``sandbox_if``) <-> (``router_in``) router (``router_out``) <-> (``peer_if``) peer
 
     Both links have an MTU of 1500 bytes, but the router's routes towards the
-    peer's subnet carry a locked MTU of ``path_mtu``, so the router forwards
-    nothing larger in that direction: it sends ICMP fragmentation needed (for
+    peer's subnet carry a locked MTU of ``path_mtu``. So the router forwards
+    nothing larger in that direction. It sends ICMP fragmentation needed (for
     IPv4 with DF set) or Packet Too Big (IPv6), and fragments IPv4 datagrams
-    without DF, while either end still sees a 1500-byte link.
+    without DF, while both ends have a 1500-byte link.
     """
 
     def __init__(self, sandbox: Netns, router: Netns, peer: Netns, subnet: int, path_mtu: int):

@@ -22,8 +22,8 @@ except ImportError as error:
 
 sandnet.patch()
 
-_here = os.path.dirname(os.path.abspath(__file__))
-_path = [entry for entry in sys.path if os.path.abspath(entry or ".") != _here]
+_autopatch_dir = os.path.dirname(os.path.abspath(__file__))
+_path = [entry for entry in sys.path if os.path.abspath(entry or ".") != _autopatch_dir]
 _spec = importlib.machinery.PathFinder.find_spec("sitecustomize", _path)
 if _spec is not None and _spec.loader is not None:
     _module = importlib.util.module_from_spec(_spec)

@@ -37,15 +37,16 @@ def env_name(service: str, flag: str) -> str:
 
 
 def add_option(parser: argparse.ArgumentParser, service: str, flag: str, help: str,
-               default: str | None = None, **kwargs) -> None:
+               default: str | None = None, default_text: str | None = None, **kwargs) -> None:
     """Add ``flag`` with its environment variable as the default source, both named in the help text.
 
-    The flag wins over the variable, and the variable over ``default``.
+    The flag wins over the variable, and the variable over ``default``;
+    ``default_text`` describes the default in the help when it is not a value.
     argparse checks a value from the variable with the flag's ``type``, so
     a bad value in either place gets the same error.
     """
     variable = env_name(service, flag)
-    shown_default = "none" if default is None else default
+    shown_default = default_text or ("none" if default is None else default)
     parser.add_argument(flag, default=env_default(variable, default),
                         help=f"{help} (env {variable}; default {shown_default})", **kwargs)
 
@@ -85,6 +86,6 @@ def add_listen_options(parser: argparse.ArgumentParser, service: str) -> None:
     linkd as root) needs one of them.
     """
     add_option(parser, service, "--listen-owner", type=owner_arg, metavar="UID:GID",
-               help="numeric owner to give a unix listen socket; default: the user running the service")
+               help="numeric owner to give a unix listen socket", default_text="the user running the service")
     add_option(parser, service, "--listen-mode", type=mode_arg, metavar="MODE",
-               help="octal permissions to give a unix listen socket, as in 0660; default: from the umask")
+               help="octal permissions to give a unix listen socket, as in 0660", default_text="from the umask")

@@ -26,7 +26,7 @@ _U32 = struct.Struct("!I")
 
 
 class GsoError(ValueError):
-    """A frame cannot be segmented; the message says why."""
+    """Raised when a frame cannot be segmented; the message gives the reason."""
 
 
 def _ones_complement_sum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
@@ -50,8 +50,8 @@ def _checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
 def complete_checksum(frame: bytes, header: vnet.VnetHeader) -> bytes:
     """Fill the checksum of a NEEDS_CSUM frame as the device would.
 
-    The field at csum_start + csum_offset holds the pseudo-header sum; the
-    result is the complement of the sum from csum_start to the end.
+    The field at csum_start + csum_offset contains the pseudo-header sum, and
+    the result is the complement of the sum from csum_start to the end.
     """
     start = header.csum_start
     field = start + header.csum_offset

@@ -11,8 +11,13 @@ from sandnet_linkd import vnet
 from sandnet_linkd.device import Counters, Device
 from sandnet_linkd.ratelimit import RateLimitedLog
 
-# Received batches waiting for a slow stream; beyond this, batches are dropped.
+# Received batches waiting for a slow stream; beyond either bound, batches
+# are dropped. The byte bound matters with GRO, where one frame is up to 64 KiB.
 RX_QUEUE_BATCHES = 256
+RX_QUEUE_BYTES = 32 * 1024 * 1024
+
+# Queued in place of a batch when the client's side of the stream ends.
+_WRITER_DONE = None
 
 
 class LinkServicer(link_pb2_grpc.LinkServicer):
@@ -30,7 +35,8 @@ class LinkServicer(link_pb2_grpc.LinkServicer):
         self._log = log
         self._limited_log = RateLimitedLog(log)
         self._max_batch_frames = max_batch_frames
-        self._rx_queue: asyncio.Queue[link_pb2.FrameBatch] | None = None
+        self._rx_queue: asyncio.Queue[tuple[link_pb2.FrameBatch, int] | None] | None = None
+        self._rx_queued_bytes = 0
         self._stream_ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -53,17 +59,20 @@ class LinkServicer(link_pb2_grpc.LinkServicer):
         if queue is None:
             self._counters.rx_dropped += len(frames)
             return
-
-        batch = link_pb2.FrameBatch()
-        for data, header in frames:
-            frame = batch.frames.add(data=data)
-            if header is not None:
-                frame.gso.CopyFrom(header.to_proto())
-        try:
-            queue.put_nowait(batch)
-        except asyncio.QueueFull:
+        if queue.qsize() >= RX_QUEUE_BATCHES or self._rx_queued_bytes >= RX_QUEUE_BYTES:
             self._counters.rx_dropped += len(frames)
             self._limited_log.warning("rx-queue-full", "dropped %d received frames: the Frames stream is not keeping up", len(frames))
+            return
+
+        batch = link_pb2.FrameBatch()
+        size = 0
+        for data, header in frames:
+            frame = batch.frames.add(data=data)
+            size += len(data)
+            if header is not None:
+                frame.gso.CopyFrom(header.to_proto())
+        queue.put_nowait((batch, size))
+        self._rx_queued_bytes += size
 
     async def GetConfig(self, request, context):
         return self._config
@@ -99,27 +108,32 @@ class LinkServicer(link_pb2_grpc.LinkServicer):
             )
 
         stream_id = next(self._stream_ids)
-        queue: asyncio.Queue[link_pb2.FrameBatch] = asyncio.Queue(maxsize=RX_QUEUE_BATCHES)
+        # Unbounded as a Queue, because _on_readable enforces the bounds and
+        # the writer's end marker must always fit.
+        queue: asyncio.Queue[tuple[link_pb2.FrameBatch, int] | None] = asyncio.Queue()
         self._rx_queue = queue
+        self._rx_queued_bytes = 0
         self._log.info("Frames stream %d attached from %s", stream_id, context.peer())
 
         writer = asyncio.ensure_future(self._write_from(request_iterator))
+        writer.add_done_callback(lambda _: queue.put_nowait(_WRITER_DONE))
         try:
-            while not writer.done():
-                getter = asyncio.ensure_future(queue.get())
-                await asyncio.wait({getter, writer}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    yield getter.result()
-                else:
-                    getter.cancel()
+            while (item := await queue.get()) is not _WRITER_DONE:
+                batch, size = item
+                self._rx_queued_bytes -= size
+                yield batch
 
-            if writer.exception() is not None:
+            if not writer.cancelled() and writer.exception() is not None:
                 self._log.error("Frames stream %d failed while writing to %s: %r", stream_id, self._device.name, writer.exception())
                 await context.abort(grpc.StatusCode.INTERNAL, f"linkd failed to write frames: {writer.exception()!r}")
             self._log.info("Frames stream %d: the client closed its sending side", stream_id)
 
             while True:
-                yield await queue.get()
+                item = await queue.get()
+                if item is not _WRITER_DONE:
+                    batch, size = item
+                    self._rx_queued_bytes -= size
+                    yield batch
         finally:
             self._rx_queue = None
             writer.cancel()

@@ -1,7 +1,7 @@
 """IPv6 input and output (RFC 8200), ICMPv6 (RFC 4443) and Neighbor Discovery (RFC 4861).
 
-``Ipv6Layer`` is the IPv6 half of ``Network``: it walks extension-header
-chains, reassembles fragments, answers echo requests and neighbor
+``Ipv6Layer`` is the IPv6 half of ``Network``. It walks extension-header
+chains, reassembles fragments, replies to echo requests and neighbor
 solicitations, reads router advertisements, sends ICMPv6 errors within the
 rate limit, and fragments datagrams larger than the path MTU. Routing,
 interfaces and the frame output stay in ``Network``.
@@ -67,7 +67,7 @@ class Ipv6Packet:
 
 @dataclasses.dataclass(slots=True)
 class _FirstFragment:
-    """What reassembly keeps of a datagram's first fragment."""
+    """The parts of a datagram's first fragment that reassembly keeps."""
 
     iface: Interface
     unfragmentable: bytes  # fixed header and the extension headers before the Fragment header
@@ -546,7 +546,7 @@ class Ipv6Layer:
 
     def send_error(self, header: ipv6.Ipv6Repr, packet: bytes, type_: int, code: int, rest: int,
                    link_multicast: bool, about_option: bool = False) -> None:
-        """Answer a received packet with an ICMPv6 error, following RFC 4443 section 2.4 (e) and (f).
+        """Send an ICMPv6 error about a received packet, following RFC 4443 section 2.4 (e) and (f).
 
         No error goes to an unspecified or multicast source, or about a packet
         sent to a multicast group (Packet Too Big and unknown options aside),
@@ -600,7 +600,7 @@ def quoted_transport(quote: bytes | memoryview) -> tuple[int, bytes, bytes, int,
         except MalformedError:
             return None
         if next_header == ipv6.NEXT_HEADER_FRAGMENT and ipv6.parse_fragment(view[offset:]).offset:
-            return None  # Only the first fragment holds the ports.
+            return None  # Only the first fragment contains the ports.
         next_header = view[offset]
         offset += length
     else:
@@ -641,6 +641,8 @@ def _quotes_icmp_error(packet: bytes) -> bool:
             length = ipv6.extension_header_length(next_header, view[offset:])
         except MalformedError:
             return False
+        if next_header == ipv6.NEXT_HEADER_FRAGMENT and ipv6.parse_fragment(view[offset:]).offset:
+            return False  # A later fragment contains no ICMPv6 header.
         next_header = view[offset]
         offset += length
     if next_header != ipv6.NEXT_HEADER_ICMPV6 or len(view) <= offset:

@@ -23,8 +23,10 @@ from sandnet_stackd.stack import Stack
 log = logging.getLogger("sandnet.stackd.link")
 
 NIC_INDEX = 2
-# Frames waiting for the stream beyond this bound are dropped (TCP retransmits).
+# Frames waiting for the stream beyond either bound are dropped (TCP
+# retransmits). The byte bound matters with GSO, where one frame is up to 64 KiB.
 MAX_PENDING_FRAMES = 8192
+MAX_PENDING_BYTES = 16 * 1024 * 1024
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
 STABLE_STREAM_SECONDS = 5.0
@@ -89,17 +91,20 @@ class LinkClient:
         self.endpoint = endpoint
         self._on_serving = on_serving
         self._pending: list[PendingFrame] = []
+        self._pending_bytes = 0
         self._pending_ready = asyncio.Event()
         self._connected = False
         self.iface: Interface | None = None
         self._malformed_logged = 0
 
     def transmit(self, frame: bytes, offload: FrameOffload | None = None) -> None:
-        """Queue one frame, with its checksum and GSO metadata if any, for linkd; never blocks."""
-        if not self._connected or len(self._pending) >= MAX_PENDING_FRAMES:
+        """Queue one frame, with its checksum and GSO metadata if any, for linkd; drop and count it if the queue is full."""
+        if (not self._connected or len(self._pending) >= MAX_PENDING_FRAMES
+                or self._pending_bytes + len(frame) > MAX_PENDING_BYTES):
             self.stack.counters.link.OutDiscards += 1
             return
         self._pending.append((frame, offload))
+        self._pending_bytes += len(frame)
         self._pending_ready.set()
 
     async def start(self, timeout: float) -> None:
@@ -145,6 +150,7 @@ class LinkClient:
             finally:
                 self._connected = False
                 self._pending.clear()
+                self._pending_bytes = 0
                 await self._on_serving(False)
                 await channel.close()
             first = False
@@ -179,6 +185,7 @@ class LinkClient:
             await self._pending_ready.wait()
             self._pending_ready.clear()
             frames, self._pending = self._pending, []
+            self._pending_bytes = 0
             if frames:
                 await call.write(link_pb2.FrameBatch(frames=[_frame_proto(frame, offload) for frame, offload in frames]))
 

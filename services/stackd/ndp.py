@@ -1,7 +1,7 @@
 """The IPv6 neighbor cache with Neighbor Unreachability Detection (RFC 4861 section 7.3).
 
-The cache is free of I/O like the ARP cache: it calls ``send_solicitation``
-to transmit and reads time from an injected clock; the stack drives
+The cache is free of I/O like the ARP cache. It calls ``send_solicitation``
+to transmit and reads time from an injected clock, and the stack drives
 ``on_timer``. Entries move through the states of RFC 4861 section 7.3.2:
 INCOMPLETE, REACHABLE, STALE, DELAY and PROBE.
 """
@@ -67,11 +67,13 @@ class NeighborCache6:
         entry = self._entries.get(ip)
         return entry.mac if entry is not None and entry.mac else None
 
-    def resolve(self, ip: bytes, send: Callable[[bytes], None]) -> None:
+    def resolve(self, ip: bytes, send: Callable[[bytes], None],
+                on_failure: Callable[[], None] | None = None) -> None:
         """Call ``send(mac)`` now if ``ip`` has a link-layer address, else once it resolves.
 
-        Using a STALE entry starts the DELAY state, after which NUD probes
-        the neighbor unless traffic confirms it first (RFC 4861 section 7.3.3).
+        ``on_failure()`` runs instead if the resolution gives up. Using a
+        STALE entry starts the DELAY state, after which NUD probes the
+        neighbor unless traffic confirms it first (RFC 4861 section 7.3.3).
         """
         now = self._clock()
         entry = self._entries.get(ip)
@@ -91,7 +93,7 @@ class NeighborCache6:
         if len(entry.queue) >= MAX_QUEUED_PER_NEIGHBOR:
             self._counters.UnresolvedDiscards += 1
             return
-        entry.queue.append(send)
+        entry.queue.append((send, on_failure))
 
     def on_solicitation(self, ip: bytes, mac: bytes) -> None:
         """Record the source link-layer address of an NS or RA (RFC 4861 section 7.2.3).
@@ -153,7 +155,7 @@ class NeighborCache6:
 
     def _flush(self, entry: _Entry) -> None:
         waiting, entry.queue = entry.queue, []
-        for send in waiting:
+        for send, _ in waiting:
             send(entry.mac)
 
     def on_timer(self) -> None:
@@ -174,6 +176,9 @@ class NeighborCache6:
                 self._counters.ResolutionFailures += 1
                 self._counters.UnresolvedDiscards += len(entry.queue)
                 del self._entries[ip]
+                for _, on_failure in entry.queue:
+                    if on_failure is not None:
+                        on_failure()
             else:
                 entry.solicitations += 1
                 entry.deadline = now + RETRANSMIT_SECONDS

@@ -23,7 +23,7 @@ from sandnet_stackd.header import ethernet, icmp, icmpv6, ipv4, ipv6
 from sandnet_stackd.header.errors import MalformedError, Reason
 from sandnet_stackd.icmp_limit import IcmpRateLimiter
 from sandnet_stackd.interface import Address, Interface
-from sandnet_stackd.ipv6 import Ipv6Layer, Ipv6Packet
+from sandnet_stackd.ipv6 import Ipv6Layer, Ipv6Packet, quoted_transport
 from sandnet_stackd.ndp import NeighborCache6
 from sandnet_stackd.network_error import NetworkError
 from sandnet_stackd.offload import (
@@ -57,10 +57,10 @@ TransportHandler = Callable[[Interface, "ipv4.Ipv4Repr | Ipv6Packet", memoryview
 class IcmpError:
     """An ICMP or ICMPv6 error about a datagram this stack sent.
 
-    ``errno`` is what Linux reports to the socket; ``hard`` is true for the
-    errors that Linux treats as fatal for a connection (port or protocol
-    unreachable, administratively prohibited); ``mtu`` is the new path MTU
-    after a fragmentation-needed or Packet Too Big message, else 0.
+    ``errno`` is what Linux reports to the socket. ``hard`` is true for the
+    errors that Linux treats as fatal for a connection: port or protocol
+    unreachable, and administratively prohibited. ``mtu`` is the new path
+    MTU after a fragmentation-needed or Packet Too Big message, else 0.
     """
 
     protocol: int
@@ -467,7 +467,10 @@ class Network:
         if message.type == icmp.TYPE_DEST_UNREACHABLE and message.code == icmp.CODE_FRAGMENTATION_NEEDED:
             mtu = message.next_hop_mtu or _plateau_below(int.from_bytes(quoted[2:4], "big"))
             self.update_path_mtu(dst, mtu)
-            mtu = self.path_mtu(dst)
+            try:
+                mtu = self.path_mtu(dst)
+            except NetworkError:
+                return  # The route went away; nothing is sent there any more.
         if message.type == icmp.TYPE_DEST_UNREACHABLE:
             code = _UNREACH_ERRNO.get(message.code, errno.EHOSTUNREACH)
         else:
@@ -492,7 +495,7 @@ class Network:
         """Send one IPv4 datagram, fragmenting it when it exceeds the MTU and DF is clear.
 
         With ``offload`` the transport checksum is left to the device (its
-        field holds the pseudo-header sum), and a datagram over the MTU with a
+        field contains the pseudo-header sum), and a datagram over the MTU with a
         gso_size goes out as one GSO frame if the device takes its size. The
         caller must check ``offloads_for(dst)`` first. Raises
         NetworkError(ENETUNREACH) without a route and NetworkError(EMSGSIZE)
@@ -598,7 +601,17 @@ class Network:
             return
         next_hop = route.gateway or dst
         self._neighbors6[iface.name].resolve(
-            next_hop, lambda mac: self._transmit_frame(iface, mac, ethernet.ETHERTYPE_IPV6, packet))
+            next_hop, lambda mac: self._transmit_frame(iface, mac, ethernet.ETHERTYPE_IPV6, packet),
+            lambda: self._neighbor_unreachable6(packet))
+
+    def _neighbor_unreachable6(self, packet: bytes) -> None:
+        """Report EHOSTUNREACH for a packet whose next hop never answered a neighbor
+        solicitation, as Linux's local ICMPv6 address unreachable does."""
+        quoted = quoted_transport(packet)
+        if quoted is None or quoted[0] not in (ipv4.PROTO_TCP, ipv4.PROTO_UDP):
+            return
+        protocol, src, dst, sport, dport = quoted
+        self.report_icmp_error(protocol, src, sport, dst, dport, errno.EHOSTUNREACH, hard=False)
 
     def transmit_ipv6(self, iface: Interface, mac: bytes | None, packet: bytes) -> None:
         """Send an IPv6 packet to ``mac``, or to the multicast MAC of its destination when ``mac`` is None."""
@@ -625,7 +638,7 @@ class Network:
         self._transmit_frame(iface, ethernet.BROADCAST, ethernet.ETHERTYPE_ARP, request)
 
     def send_port_unreachable(self, header: "ipv4.Ipv4Repr | Ipv6Packet", payload: memoryview) -> None:
-        """Answer a datagram for a closed port with ICMP or ICMPv6 port unreachable."""
+        """Send ICMP or ICMPv6 port unreachable about a datagram for a closed port."""
         if isinstance(header, Ipv6Packet):
             self.ipv6.send_error(header, header.packet, icmpv6.TYPE_DEST_UNREACHABLE, icmpv6.CODE_PORT_UNREACHABLE,
                                  0, False)
@@ -636,7 +649,7 @@ class Network:
         self.send_icmp_error(header, original, icmp.TYPE_DEST_UNREACHABLE, icmp.CODE_PORT_UNREACHABLE)
 
     def send_icmp_error(self, header: ipv4.Ipv4Repr, packet: bytes | memoryview, type_: int, code: int) -> None:
-        """Answer a received datagram with an ICMP error, within the rate limit.
+        """Send an ICMP error about a received datagram, within the rate limit.
 
         RFC 1122 section 3.2.2: never about an ICMP error, a broadcast or
         multicast datagram, or a non-initial fragment. Errors are rate

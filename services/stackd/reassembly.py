@@ -25,7 +25,7 @@ MAX_DATAGRAM = 0xFFFF
 
 
 class Verdict:
-    """What ``Reassembler.add`` did with a fragment, for the caller's counters."""
+    """The outcome of ``Reassembler.add`` for one fragment, which the caller counts."""
 
     QUEUED = "queued"
     COMPLETE = "complete"

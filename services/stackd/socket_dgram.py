@@ -90,7 +90,8 @@ class DatagramLayer:
 
     def _port_in_use(self, ip: bytes, port: int, sock: DatagramSocket | None) -> bool:
         for other in self.ports.users(port):
-            if other is sock or other.local is None or not addresses_overlap(other.local.ip, ip):
+            if other is sock or other.local is None or not addresses_overlap(
+                    other.local.ip, ip, other.v6only, sock is not None and sock.v6only):
                 continue
             if sock is not None and sock.reuseaddr and other.reuseaddr:
                 continue
@@ -161,7 +162,7 @@ class DatagramLayer:
             self.network.counters.icmp.OutEchos += 1
         try:
             # Datagrams leave with DF clear so that large ones are fragmented,
-            # unless IP_MTU_DISCOVER or IPV6_MTU_DISCOVER asks for DO or PROBE.
+            # unless IP_MTU_DISCOVER or IPV6_MTU_DISCOVER is set to DO or PROBE.
             self.network.output(source, addr.ip, self.protocol, message, ttl=sock.hops_for(addr.ip), tos=sock.tos,
                                 dont_fragment=sock.pmtudisc in (PMTUDISC_DO, PMTUDISC_PROBE))
         except NetworkError as error:

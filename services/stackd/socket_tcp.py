@@ -19,7 +19,7 @@ from sandnet_stackd.sockets import (
     AF_INET6, ANY4, ANY6, IPPROTO_TCP, MSG_PEEK, MSG_WAITALL, POLLERR, POLLHUP, POLLIN, POLLOUT, POLLRDHUP,
     RMEM_MAX, SO_ACCEPTCONN, SO_KEEPALIVE, SO_RCVBUF, SO_SNDBUF, SOCK_MIN_RCVBUF, SOCK_MIN_SNDBUF,
     SO_LINGER, SO_OOBINLINE, SOL_SOCKET, SOMAXCONN, TCP_CA_NAME_MAX, TCP_CONGESTION, TCP_CORK, TCP_INFO,
-    TCP_KEEPCNT, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_MAXSEG, TCP_NODELAY, TCP_USER_TIMEOUT,
+    TCP_KEEPCNT, TCP_LINGER2, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_MAXSEG, TCP_NODELAY, TCP_USER_TIMEOUT,
     WMEM_MAX, PortSpace, SockAddr, Socket, SocketError, addresses_overlap, clamp_buffer, is_wildcard,
     pack_int, unpack_int, wait_any)
 from sandnet_stackd.tcp import (IsnGenerator, State, SynCookies, TcpConfig, TcpConnection, pack_tcp_info,
@@ -158,6 +158,10 @@ class TcpSocket(Socket):
                     raise SocketError(errno.EINVAL, f"TCP_MAXSEG {number} is outside 88..32767")
             elif name == TCP_CORK:
                 self._apply("cork", bool(number))
+            elif name == TCP_LINGER2:
+                # Seconds in FIN-WAIT-2 after close(); 0 restores the default, as tcp_fin_timeout.
+                # NOTE: Linux's negative value (reset at once) is taken as the default here.
+                self._apply("fin_timeout", float(number) if number > 0 else TcpConfig.fin_timeout)
             elif name == TCP_USER_TIMEOUT:
                 if number < 0:
                     raise SocketError(errno.EINVAL, f"TCP_USER_TIMEOUT {number} is negative; pass milliseconds >= 0")
@@ -198,6 +202,8 @@ class TcpSocket(Socket):
                 return pack_int(self.conn.mss if self.conn is not None and hasattr(self.conn, "mss") else 536)
             if name == TCP_CORK:
                 return pack_int(int(config.cork))
+            if name == TCP_LINGER2:
+                return pack_int(int(config.fin_timeout))
             if name == TCP_USER_TIMEOUT:
                 return pack_int(round(config.user_timeout * 1000))
             if name == TCP_CONGESTION:
@@ -290,8 +296,8 @@ class TcpLayer:
             return
 
         if len(listener.accept_queue) > listener.backlog:
-            # The accept queue holds backlog + 1 connections, as sk_acceptq_is_full in Linux;
-            # the SYN is dropped so that the peer retries.
+            # The accept queue takes backlog + 1 connections, as sk_acceptq_is_full in Linux,
+            # and a SYN beyond that is dropped so that the peer retries.
             self.counters.ListenOverflows += 1
             self.counters.ListenDrops += 1
             return
@@ -300,7 +306,7 @@ class TcpLayer:
         except NetworkError:
             return
         if len(listener.syn_queue) >= min(max(listener.backlog, 1), MAX_SYN_BACKLOG):
-            # The SYN queue is full, so answer with a SYN cookie and keep no state (RFC 4987).
+            # The SYN queue is full, so reply with a SYN cookie and keep no state (RFC 4987).
             self._send_cookie(listener, key, seg, mss)
             return
 
@@ -311,7 +317,7 @@ class TcpLayer:
         self._after(endpoint)
 
     def _send_cookie(self, listener: TcpSocket, key: Key, syn: tcp_header.TcpRepr, mss: int) -> None:
-        """Answer ``syn`` with a SYN-ACK whose ISS is a SYN cookie."""
+        """Reply to ``syn`` with a SYN-ACK whose ISS is a SYN cookie."""
         local_ip, local_port, remote_ip, remote_port = key
         cookie, _ = self.cookies.make(_tuple_bytes(key), syn.seq, syn.mss or 536)
         synack = tcp_header.TcpRepr(src_port=local_port, dst_port=remote_port, seq=cookie,
@@ -444,7 +450,8 @@ class TcpLayer:
 
     def _port_in_use(self, ip: bytes, port: int, sock: TcpSocket | None) -> bool:
         for other in self.ports.users(port):
-            if other is sock or other.local is None or not addresses_overlap(other.local.ip, ip):
+            if other is sock or other.local is None or not addresses_overlap(
+                    other.local.ip, ip, other.v6only, sock is not None and sock.v6only):
                 continue
             if sock is not None and sock.reuseaddr and other.reuseaddr and not other.listening:
                 continue
@@ -480,7 +487,8 @@ class TcpLayer:
         if existing is not None and existing is not sock:
             raise SocketError(errno.EADDRINUSE, f"port {sock.local.port} already has a listener")
         for other in self.ports.users(sock.local.port):
-            if other is not sock and other.listening and addresses_overlap(other.local.ip, sock.local.ip):
+            if other is not sock and other.listening and addresses_overlap(
+                    other.local.ip, sock.local.ip, other.v6only, sock.v6only):
                 raise SocketError(errno.EADDRINUSE, f"port {sock.local.port} already has a listener")
         sock.backlog = max(0, min(backlog, SOMAXCONN)) if backlog >= 0 else SOMAXCONN
         sock.listening = True
@@ -722,8 +730,8 @@ def _describe(key: Key) -> str:
 def _build_partial(seg: tcp_header.TcpRepr, src: bytes, dst: bytes, mss: int) -> tuple[bytearray, TransportOffload]:
     """Build a segment whose checksum the device completes (CHECKSUM_PARTIAL in Linux).
 
-    The header is built without the payload so that no Python code sums the
-    payload; the checksum field then gets the pseudo-header sum of the whole
+    The header is built without the payload, so no Python code sums the
+    payload. The checksum field then gets the pseudo-header sum of the whole
     segment. A payload over ``mss`` asks the device to cut it into ``mss``-byte packets.
     """
     header = tcp_header.build(dataclasses.replace(seg, payload=b""), src, dst)

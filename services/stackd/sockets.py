@@ -60,6 +60,7 @@ TCP_KEEPIDLE = 4
 TCP_KEEPINTVL = 5
 TCP_KEEPCNT = 6
 TCP_CORK = 3
+TCP_LINGER2 = 8
 TCP_INFO = 11
 TCP_CONGESTION = 13
 TCP_USER_TIMEOUT = 18
@@ -108,7 +109,7 @@ class SocketError(Exception):
 class SockAddr:
     """A socket address; ``ip`` is 4 bytes for IPv4 and 16 for IPv6, all zero for the wildcard.
 
-    An AF_INET6 socket talking to an IPv4 peer holds the 4-byte address
+    An AF_INET6 socket talking to an IPv4 peer stores the 4-byte address
     here; the gRPC service shows it as a v4-mapped address. ``scope_id`` is
     the interface index of a link-local IPv6 address, else 0.
     """
@@ -235,8 +236,8 @@ class Socket:
         self.ttl = 64
         self.tos = 0
         self.closed = False
-        # IPv6 options: Linux's defaults are dual-stack (IPV6_V6ONLY off) and
-        # hop limit 64; IP_MTU_DISCOVER and IPV6_MTU_DISCOVER start at WANT.
+        # Linux's defaults: dual-stack (IPV6_V6ONLY off), hop limit 64, and
+        # IP_MTU_DISCOVER and IPV6_MTU_DISCOVER at WANT.
         self.v6only = False
         self.hop_limit = 64
         self.pmtudisc = PMTUDISC_WANT
@@ -380,16 +381,18 @@ class PortSpace:
         raise SocketError(errno.EADDRNOTAVAIL, "no free ephemeral port")
 
 
-def addresses_overlap(a: bytes, b: bytes) -> bool:
+def addresses_overlap(a: bytes, b: bytes, a_v6only: bool = False, b_v6only: bool = False) -> bool:
     """Tell whether two bound addresses conflict on one port.
 
-    0.0.0.0 covers every IPv4 address and :: covers every address, because
-    an IPv6 wildcard socket is dual-stack by default.
-    NOTE: an IPV6_V6ONLY socket on :: still conflicts with IPv4 binds here,
-    which is stricter than Linux.
+    0.0.0.0 covers every IPv4 address. :: covers every IPv6 address, and
+    every IPv4 address too unless its socket has IPV6_V6ONLY set.
     """
-    if a == b or a == ANY6 or b == ANY6:
+    if a == b:
         return True
+    if a == ANY6:
+        return len(b) == 16 or not a_v6only
+    if b == ANY6:
+        return len(a) == 16 or not b_v6only
     return len(a) == len(b) == 4 and (a == ANY4 or b == ANY4)
 
 

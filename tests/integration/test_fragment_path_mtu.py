@@ -1,10 +1,10 @@
 """Fragmentation, reassembly, path MTU discovery and ICMP errors through a
 router namespace whose path towards the peer carries at most 1280 bytes.
 
-The router is the Linux kernel: it fragments IPv4 datagrams without DF,
-answers IPv4 datagrams with DF with fragmentation needed, answers every
-oversized IPv6 packet with Packet Too Big, and sends destination
-unreachable for addresses it cannot reach.
+The router is the Linux kernel. It fragments IPv4 datagrams without DF,
+sends fragmentation needed for IPv4 datagrams with DF and Packet Too Big
+for every oversized IPv6 packet, and sends destination unreachable for
+addresses it cannot reach.
 """
 
 import errno
@@ -179,8 +179,8 @@ def test_tcp_discovers_path_mtu_and_finishes_transfer(routed, family):
 
 @pytest.mark.parametrize("target", ["10.255.{low}.9", "fd00:5d:{low:x}::9"])
 def test_connect_without_route_at_router_is_enetunreach(routed, target):
-    # The router has no route to this made-up subnet, so it answers with
-    # destination unreachable (no route); nothing leaves the namespaces.
+    # The router has no route to this made-up subnet, so it sends destination
+    # unreachable (no route), and nothing leaves the namespaces.
     low = int(routed.topo.sandbox_ip.split(".")[2])
     address = target.format(low=low)
     family = ssock.AF_INET6 if ":" in address else ssock.AF_INET
@@ -193,7 +193,7 @@ def test_connect_without_route_at_router_is_enetunreach(routed, target):
 @pytest.mark.parametrize("family", [ssock.AF_INET, ssock.AF_INET6])
 def test_connect_to_missing_host_behind_router_is_ehostunreach(routed, family):
     # The router's neighbor resolution for this address on the peer's link
-    # fails after about 3 s, and it answers with host (address) unreachable.
+    # fails after about 3 s, and it sends host (address) unreachable.
     address = routed.topo.peer_ip.rsplit(".", 1)[0] + ".99" if family == ssock.AF_INET \
         else routed.topo.peer_ip6.rsplit(":", 1)[0] + ":99"
     conn = ssock.socket(family, ssock.SOCK_STREAM, client=routed.client)

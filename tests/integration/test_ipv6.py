@@ -22,8 +22,8 @@ IP_PMTUDISC_DO = 2
 CLI = os.path.join(os.path.dirname(sys.executable), "sandnet")
 HTTP_REPLY = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
 
-# A peer-side TCP listener on [::] that answers each connection with the
-# address it saw and closes; it prints "ready" once it listens.
+# A peer-side TCP listener on [::] that sends each client the address it
+# saw, then closes the connection. It prints "ready" once it listens.
 PEER_LISTENER = """
 import socket, sys
 server = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
@@ -55,7 +55,7 @@ def sock6(box, type_=ssock.SOCK_STREAM, proto=0) -> ssock.socket:
 
 
 def serve_once(listener, body: bytes) -> threading.Thread:
-    """Answer one HTTP request on ``listener`` in a thread; return the thread."""
+    """Serve one HTTP request on ``listener`` in a thread; return the thread."""
 
     def serve():
         conn, _ = listener.accept()
@@ -83,7 +83,8 @@ def test_ip_addr_shows_ipv6_scopes(sandbox):
     assert result.returncode == 0, result.stderr
     assert f"inet6 {sandbox.topo.sandbox_ip6}/64 scope global" in result.stdout
     assert "inet6 ::1/128 scope host" in result.stdout
-    assert "inet6 fe80::" in result.stdout and "scope link" in result.stdout
+    assert "inet6 fe80::" in result.stdout
+    assert "scope link" in result.stdout
 
 
 def test_ip_route_shows_ipv6_routes(sandbox):
@@ -344,3 +345,34 @@ def test_mtu_discover_options_take_linux_values(sandbox):
         udp4.sendto(b"x" * 3000, (sandbox.topo.peer_ip, 9))
     assert raised.value.errno == errno.EMSGSIZE
     udp4.close()
+
+
+def test_connect_to_missing_neighbor_is_ehostunreach(sandbox):
+    # No node replies to the neighbor solicitations for this address on the
+    # sandbox's link, so after three tries (about 3 s) connect fails as on Linux.
+    missing = sandbox.topo.peer_ip6.rsplit(":", 1)[0] + ":99"
+    conn = sock6(sandbox)
+    conn.settimeout(20)
+    assert conn.connect_ex((missing, 80)) == errno.EHOSTUNREACH
+    conn.close()
+
+
+def test_v6only_wildcard_coexists_with_ipv4_wildcard(sandbox):
+    # As on Linux, [::] with IPV6_V6ONLY and 0.0.0.0 share a port; without
+    # IPV6_V6ONLY the two conflict.
+    ipv4_listener = ssock.socket(ssock.AF_INET, ssock.SOCK_STREAM, client=sandbox.client)
+    ipv4_listener.bind(("0.0.0.0", 8083))
+    ipv4_listener.listen(1)
+
+    dual = sock6(sandbox)
+    with pytest.raises(OSError) as raised:
+        dual.bind(("::", 8083))
+    assert raised.value.errno == errno.EADDRINUSE
+    dual.close()
+
+    only6 = sock6(sandbox)
+    only6.setsockopt(ssock.IPPROTO_IPV6, IPV6_V6ONLY, 1)
+    only6.bind(("::", 8083))
+    only6.listen(1)
+    for s in (only6, ipv4_listener):
+        s.close()

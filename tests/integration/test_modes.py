@@ -20,7 +20,9 @@ import sys
 import tempfile
 import time
 
+import grpc
 import pytest
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -153,3 +155,13 @@ def test_ip_addr_lists_interfaces(mode):
     assert "127.0.0.1/8" in result.stdout
     assert (topo.sandbox_if in result.stdout) is EXPECTED[name]["veth_listed"]
     assert (f"{topo.sandbox_ip}/24" in result.stdout) is EXPECTED[name]["veth_listed"]
+
+
+def test_reflection_lists_services(mode):
+    _, _, endpoint, _ = mode
+    with grpc.insecure_channel(endpoint) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        reply = next(stub.ServerReflectionInfo(iter([request]), timeout=10))
+    names = {service.name for service in reply.list_services_response.service}
+    assert {"sandnet.v1.Sockets", "sandnet.v1.Netinfo", "grpc.health.v1.Health"} <= names

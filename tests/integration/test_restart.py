@@ -89,7 +89,7 @@ def test_sockd_health_follows_stackd():
                 with Client(f"unix:{sockd_path}") as client:
                     with pytest.raises(OSError) as raised:
                         snsocket.socket(client=client)
-                                    assert raised.value.errno == errno.ENETDOWN
+                    assert raised.value.errno == errno.ENETDOWN
 
                 stackd = netlab.ServiceProcess(stackd_argv, stack_path)
                 wait_for_health(sockd_path, SERVING)

@@ -79,6 +79,39 @@ async def main():
 asyncio.run(main())
 """
 
+SELECTORS_FETCH = """
+import select
+import selectors
+import socket
+import sys
+
+host, port = sys.argv[1], int(sys.argv[2])
+family, kind, proto, _, address = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0]
+sock = socket.socket(family, kind, proto)
+sock.setblocking(False)
+try:
+    sock.connect(address)
+except BlockingIOError:
+    pass
+_, writable, _ = select.select([], [sock], [], 20)
+assert writable == [sock], "connect did not complete"
+assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+sock.send(f"GET /page.txt HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n".encode())
+
+response = b""
+with selectors.DefaultSelector() as selector:
+    selector.register(sock, selectors.EVENT_READ)
+    while True:
+        if not selector.select(20):
+            sys.exit("timed out waiting for the response")
+        chunk = sock.recv(3)
+        if not chunk:
+            break
+        response += chunk
+sock.close()
+print(type(selector).__name__, response.split(b"\\r\\n\\r\\n", 1)[1].decode().strip())
+"""
+
 UNSUPPORTED_FEATURES = """
 import errno
 import socket
@@ -154,7 +187,7 @@ def world():
         with open(os.path.join(webroot, "page.txt"), "w") as page:
             page.write(PAGE)
         for name, source in (("fetch.py", URLLIB_FETCH), ("echo.py", ASYNCIO_ECHO),
-                             ("unsupported.py", UNSUPPORTED_FEATURES)):
+                             ("selectors_fetch.py", SELECTORS_FETCH), ("unsupported.py", UNSUPPORTED_FEATURES)):
             with open(os.path.join(workdir, name), "w") as script:
                 script.write(textwrap.dedent(source))
         with netlab.Netns() as workload, peer_services(box.topo, webroot), \
@@ -208,6 +241,13 @@ def test_asyncio_echo_and_peer_fetch(world):
     lines = result.stdout.splitlines()
     assert lines[0] == f"echo {256 * 4096} True"
     assert lines[1] == f"peer {PAGE.strip()}"
+
+
+def test_select_and_selectors_fetch(world):
+    box, _, workdir = world
+    result = sandnet_run(world, "python3", f"{workdir}/selectors_fetch.py", PEER_NAME, str(PEER_HTTP_PORT))
+    assert result.returncode == 0, result.stderr + box.logs()
+    assert result.stdout.strip() == f"SandnetSelector {PAGE.strip()}"
 
 
 def test_nameserver_flag_overrides_resolv_conf(world):

@@ -77,7 +77,7 @@ class Agent:
             return {"id": request["id"], "errno": error.errno, "message": str(error)}
 
     def serve(self, reader, writer) -> None:
-        """Read requests until EOF, answering each from a thread of its own."""
+        """Read requests until EOF and run each in a thread of its own."""
         def run(request):
             reply = json.dumps(self.handle(request))
             with self._lock:

@@ -1,7 +1,7 @@
-"""The packet bench: the test stands on the wire next to a TCP stack under test.
+"""The packet bench: the test sits on the wire next to a TCP stack under test.
 
 A device under test (DUT) is either sandnet's stackd, fed through a fake Link
-server that stands where linkd stands, or the Linux kernel, behind a TAP
+server that takes linkd's place, or the Linux kernel, behind a TAP
 device in a network namespace that the bench creates. In both cases the bench
 injects hand-built Ethernet frames from a peer host (PEER_IP, PEER_MAC) and
 reads every frame the DUT sends, while an agent process drives the DUT's
@@ -307,7 +307,7 @@ class Dut:
         return next(self.ports)
 
     def receive_frame(self, frame: bytes) -> None:
-        """Sort one frame from the DUT: answer ARP for the peer, queue TCP by peer port."""
+        """Sort one frame from the DUT: reply to ARP requests for the peer, queue TCP by peer port."""
         received = time.monotonic()
         try:
             eth = dpkt.ethernet.Ethernet(frame)
@@ -543,18 +543,18 @@ class TcpPeer:
 
     # Input.
 
-    def expect(self, predicate=None, timeout: float = EXPECT_TIMEOUT, what: str = "a segment") -> Segment:
+    def expect(self, predicate=None, timeout: float = EXPECT_TIMEOUT, description: str = "a segment") -> Segment:
         """Return the next segment the DUT sends on this flow that satisfies ``predicate``.
 
         Segments that do not satisfy it are skipped. Raises AssertionError
-        naming ``what`` and the skipped segments on timeout.
+        naming ``description`` and the skipped segments on timeout.
         """
         deadline = time.monotonic() + timeout
         skipped = []
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"{self.dut.name} sent no {what} within {timeout} s; skipped: "
+                raise AssertionError(f"{self.dut.name} sent no {description} within {timeout} s; skipped: "
                                      + (", ".join(map(str, skipped)) or "nothing"))
             try:
                 segment = self.flow.get(timeout=remaining)
@@ -567,7 +567,7 @@ class TcpPeer:
     def expect_flags(self, flags: int, timeout: float = EXPECT_TIMEOUT) -> Segment:
         """Return the next segment carrying at least ``flags``."""
         names = Segment(0, 0, 0, 0, flags, 0, b"").flag_names
-        return self.expect(lambda s: s.has(flags), timeout, what=f"{names} segment")
+        return self.expect(lambda s: s.has(flags), timeout, description=f"{names} segment")
 
     def expect_none(self, timeout: float = 1.0, predicate=None) -> None:
         """Assert that the DUT sends nothing on this flow (matching ``predicate``) for ``timeout`` s."""
@@ -606,14 +606,14 @@ class TcpPeer:
         return synack
 
     def connect_to(self, listener_port: int, options: bytes | None = None, window: int = 65535) -> Segment:
-        """Open a connection to a DUT listener: SYN, SYN-ACK, ACK. Returns the SYN-ACK."""
+        """Open a connection to a DUT listener (SYN, SYN-ACK, ACK) and return the SYN-ACK."""
         self.dut_port = listener_port
         synack = self.syn(options, window)
         self.send(ACK, window=window >> 7 if options is None else window)
         return synack
 
     def accept_from(self, syn: Segment, options: bytes | None = None, window: int = 65535) -> None:
-        """Answer the DUT's SYN with a SYN-ACK; the caller expects the final ACK."""
+        """Reply to the DUT's SYN with a SYN-ACK; the caller expects the final ACK."""
         self.dut_port = syn.sport
         self.dut_iss = syn.seq
         self.rcv_nxt = (syn.seq + 1) & 0xFFFFFFFF
@@ -659,7 +659,6 @@ class Bench:
         conn, _ = listener.accept()
         listener.close()
         conn.settimeout(EXPECT_TIMEOUT)
-        peer.listener = listener
         return peer, conn
 
     def connecting(self, socket_options: list[tuple[int, int, int]] = ()) -> tuple[TcpPeer, RemoteSocket, Call, Segment]:

@@ -76,7 +76,7 @@ def test_window_scale_above_14_is_clamped(bench):
     peer.connect_to(port, options=option_mss(1460) + option_wscale(15), window=1024)
     conn, _ = listener.accept()
     conn.sendall(b"q" * 2000)
-    data = peer.expect(lambda s: s.payload, what="data segment")
+    data = peer.expect(lambda s: s.payload, description="data segment")
     assert len(data.payload) == 1460
 
 

@@ -60,7 +60,7 @@ def test_send_segments_fit_peer_mss(bench, mss, expected):
     options = b"" if mss is None else option_mss(mss)
     peer, conn = bench.established(options=options, window=65535)
     conn.sendall(b"x" * 4000)
-    segment = peer.expect(lambda s: s.payload, what="data segment")
+    segment = peer.expect(lambda s: s.payload, description="data segment")
     assert len(segment.payload) == expected
 
 
@@ -124,7 +124,7 @@ def test_simultaneous_open(bench):
     peer.send(SYN | ACK, seq=peer.iss, options=option_mss(1460))
     call.result()
     sock.send(b"after simultaneous open")
-    data = peer.expect(lambda s: s.payload, what="data segment")
+    data = peer.expect(lambda s: s.payload, description="data segment")
     assert data.payload == b"after simultaneous open"
 
 
@@ -158,7 +158,7 @@ def test_retransmitted_syn_in_syn_received_gets_synack(bench):
     first = peer.syn()
     peer.send(SYN, seq=peer.iss, ack=0, options=option_mss(1460))
     again = peer.expect(lambda s: s.has(ACK) and s.ack == (peer.iss + 1) & 0xFFFFFFFF, timeout=1.5,
-                        what="SYN-ACK or ACK for the duplicate SYN")
+                        description="SYN-ACK or ACK for the duplicate SYN")
     assert again.seq in (first.seq, (first.seq + 1) & 0xFFFFFFFF)
 
 

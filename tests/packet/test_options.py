@@ -15,7 +15,7 @@ def test_timestamps_echoed_on_data(bench):
     peer, conn = timestamped(bench)
     options = option_timestamp(2000, 0)
     peer.send_data(b"stamped", options=options)
-    ack = peer.expect(lambda s: s.ack == peer.snd_nxt, what="ACK of the data")
+    ack = peer.expect(lambda s: s.ack == peer.snd_nxt, description="ACK of the data")
     assert ack.timestamp is not None
     assert ack.timestamp[1] == 2000
     assert conn.recv(100) == b"stamped"
@@ -48,7 +48,7 @@ def test_no_timestamps_unless_negotiated(bench):
     """RFC 7323 section 3.2: without TSopt in the SYN, no segment carries TSopt."""
     peer, conn = bench.established(options=option_mss(1460))
     conn.send(b"plain")
-    data = peer.expect(lambda s: s.payload, what="data segment")
+    data = peer.expect(lambda s: s.payload, description="data segment")
     assert data.timestamp is None
 
 
@@ -70,7 +70,7 @@ def test_sack_first_block_is_most_recent(bench):
     peer.send(ACK | PSH, seq=start + 100, payload=b"a" * 100)
     peer.expect_flags(ACK)
     peer.send(ACK | PSH, seq=start + 300, payload=b"b" * 100)
-    dup = peer.expect(lambda s: len(s.sack) >= 2, what="ACK with two SACK blocks")
+    dup = peer.expect(lambda s: len(s.sack) >= 2, description="ACK with two SACK blocks")
     assert dup.sack[0] == ((start + 300) & 0xFFFFFFFF, (start + 400) & 0xFFFFFFFF)
 
 
@@ -88,5 +88,5 @@ def test_window_scale_applies_after_handshake(bench):
     7 allows 128 bytes."""
     peer, conn = bench.established(options=option_mss(1460) + option_wscale(7), window=1)
     conn.sendall(b"w" * 1000)
-    first = peer.expect(lambda s: s.payload, what="data segment")
+    first = peer.expect(lambda s: s.payload, description="data segment")
     assert len(first.payload) <= 128

@@ -118,6 +118,17 @@ def test_rst_in_time_wait_closes_it_quietly(bench):
     fin = peer.expect_flags(FIN)
     peer.rcv_nxt = (fin.seq + 1) & 0xFFFFFFFF
     peer.send_data(b"", flags=FIN | ACK)
-    peer.expect(lambda s: s.ack == peer.snd_nxt, what="ACK of the FIN")
+    peer.expect(lambda s: s.ack == peer.snd_nxt, description="ACK of the FIN")
     peer.send(RST, seq=peer.snd_nxt, ack=0)
     peer.expect_none(0.3)
+
+
+def test_challenge_acks_are_rate_limited(bench):
+    """RFC 5961 section 7: challenge ACKs are rate limited; like Linux (tcp_invalid_ratelimit,
+    500 ms per socket) a second in-window RST right after the first gets no second ACK."""
+    peer, conn = bench.established()
+    peer.send(RST | ACK, seq=peer.snd_nxt + 100)
+    peer.send(RST | ACK, seq=peer.snd_nxt + 200)
+    peer.expect_flags(ACK)
+    peer.expect_none(0.3)
+    assert_alive(peer, conn)

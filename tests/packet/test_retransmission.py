@@ -4,7 +4,7 @@ from bench import ACK, option_mss, option_sack, option_sack_permitted, option_ws
 
 
 def data_segments(peer, count: int, timeout: float = 5.0) -> list:
-    return [peer.expect(lambda s: s.payload, timeout=timeout, what="data segment") for _ in range(count)]
+    return [peer.expect(lambda s: s.payload, timeout=timeout, description="data segment") for _ in range(count)]
 
 
 def test_data_retransmitted_after_rto(bench):
@@ -12,8 +12,8 @@ def test_data_retransmitted_after_rto(bench):
     same sequence number and payload."""
     peer, conn = bench.established()
     conn.send(b"retransmit me")
-    first = peer.expect(lambda s: s.payload, what="data segment")
-    again = peer.expect(lambda s: s.payload, timeout=3, what="retransmission")
+    first = peer.expect(lambda s: s.payload, description="data segment")
+    again = peer.expect(lambda s: s.payload, timeout=3, description="retransmission")
     assert again.seq == first.seq
     assert again.payload == b"retransmit me"
     assert again.time - first.time >= 0.15
@@ -33,7 +33,7 @@ def test_retransmission_stops_when_acked(bench):
     """RFC 6298 section 5.2: once all data is acknowledged the timer stops; nothing is resent."""
     peer, conn = bench.established()
     conn.send(b"ack me")
-    segment = peer.expect(lambda s: s.payload, what="data segment")
+    segment = peer.expect(lambda s: s.payload, description="data segment")
     peer.send(ACK, ack=segment.seq + len(segment.payload))
     peer.expect_none(1.5, predicate=lambda s: s.payload)
 
@@ -47,27 +47,31 @@ def test_fast_retransmit_after_three_duplicate_acks(bench):
     first = segments[0]
     for _ in range(3):
         peer.send(ACK, ack=first.seq)
-    again = peer.expect(lambda s: s.payload and s.seq == first.seq, timeout=0.9, what="fast retransmission")
+    again = peer.expect(lambda s: s.payload and s.seq == first.seq, timeout=0.9, description="fast retransmission")
     assert again.time - segments[-1].time < 0.9
 
 
-def test_sack_recovery_resends_only_the_hole(bench):
-    """RFC 6675 section 5: with SACK, after three duplicate ACKs the sender retransmits the missing
-    segment and not the SACKed ones."""
+def test_sack_recovery_resends_only_the_holes(bench):
+    """RFC 6675 section 5 and RFC 2018: with SACK, the sender retransmits each hole below the
+    highest SACKed byte, including a second hole before any partial ACK arrives, and never
+    the SACKed segments."""
     peer, conn = bench.established(options=option_mss(1000) + option_wscale(7) + option_sack_permitted())
-    conn.sendall(b"s" * 6000)
-    segments = data_segments(peer, 6)
-    hole = segments[1]
-    una = hole.seq
-    for index in range(2, 5):
-        right = segments[index].seq + len(segments[index].payload)
-        peer.send(ACK, ack=una, options=option_sack([(segments[2].seq, right)]))
-    again = peer.expect(lambda s: s.payload and s.seq == hole.seq, timeout=0.9, what="retransmission of the hole")
-    assert again.seq == hole.seq
-    peer.send(ACK, ack=segments[4].seq + len(segments[4].payload),
-              options=option_sack([(segments[2].seq, segments[4].seq + 1000)]))
-    later = peer.drain()
-    assert all(not (segments[2].seq <= s.seq < segments[4].seq + 1000) or not s.payload for s in later)
+    conn.sendall(b"s" * 8000)
+    segments = data_segments(peer, 8)
+    end = [s.seq + len(s.payload) for s in segments]
+    una = segments[1].seq                   # segment 0 arrived; 1 and 4 are lost
+    peer.send(ACK, ack=una, options=option_sack([(segments[2].seq, end[2])]))
+    peer.send(ACK, ack=una, options=option_sack([(segments[2].seq, end[3])]))
+    peer.send(ACK, ack=una, options=option_sack([(segments[5].seq, end[5]), (segments[2].seq, end[3])]))
+    peer.send(ACK, ack=una, options=option_sack([(segments[5].seq, end[6]), (segments[2].seq, end[3])]))
+    peer.send(ACK, ack=una, options=option_sack([(segments[5].seq, end[7]), (segments[2].seq, end[3])]))
+    holes = {segments[1].seq, segments[4].seq}
+    sacked = {segments[i].seq for i in (2, 3, 5, 6, 7)}
+    seen = set()
+    while seen != holes:
+        again = peer.expect(lambda s: s.payload, timeout=3, description="retransmission of a hole")
+        assert again.seq not in sacked
+        seen.add(again.seq)
 
 
 def test_zero_window_probes(bench):
@@ -75,9 +79,9 @@ def test_zero_window_probes(bench):
     intervals, and sends data once a window update opens the window."""
     peer, conn = bench.established(options=option_mss(1000) + option_wscale(0), window=0)
     conn.send(b"waiting for a window")
-    probes = [peer.expect(lambda s: s.has(ACK), timeout=3, what="window probe") for _ in range(3)]
+    probes = [peer.expect(lambda s: s.has(ACK), timeout=3, description="window probe") for _ in range(3)]
     gaps = [later.time - earlier.time for earlier, later in zip(probes, probes[1:])]
     assert gaps[1] > gaps[0] * 1.4
     peer.send(ACK, window=8192)
-    data = peer.expect(lambda s: s.payload, timeout=5, what="data after the window opened")
+    data = peer.expect(lambda s: s.payload, timeout=5, description="data after the window opened")
     assert data.payload.endswith(b"window")

@@ -10,7 +10,7 @@ def test_old_duplicate_is_acked_not_delivered(bench):
     peer.send_data(b"first")
     assert conn.recv(100) == b"first"
     peer.send(ACK | PSH, seq=peer.snd_nxt - 5, payload=b"first")
-    reply = peer.expect(lambda s: s.ack == peer.snd_nxt, what="duplicate ACK")
+    reply = peer.expect(lambda s: s.ack == peer.snd_nxt, description="duplicate ACK")
     assert not reply.payload
     peer.send_data(b"second")
     assert conn.recv(100) == b"second"
@@ -36,7 +36,7 @@ def test_overlap_at_left_edge_delivers_new_bytes(bench):
     peer.send(ACK | PSH, seq=peer.snd_nxt - 3, payload=b"defghi")
     peer.snd_nxt = (peer.snd_nxt + 3) & 0xFFFFFFFF
     assert conn.recv(100) == b"ghi"
-    peer.expect(lambda s: s.ack == peer.snd_nxt, what="ACK of the new bytes")
+    peer.expect(lambda s: s.ack == peer.snd_nxt, description="ACK of the new bytes")
 
 
 def test_out_of_order_data_is_reassembled(bench):
@@ -49,7 +49,7 @@ def test_out_of_order_data_is_reassembled(bench):
     assert dup.ack == start
     peer.send(ACK | PSH, seq=start, payload=b"1234")
     peer.snd_nxt = (start + 8) & 0xFFFFFFFF
-    peer.expect(lambda s: s.ack == peer.snd_nxt, what="cumulative ACK")
+    peer.expect(lambda s: s.ack == peer.snd_nxt, description="cumulative ACK")
     received = b""
     while len(received) < 8:
         received += conn.recv(100)
@@ -66,7 +66,7 @@ def test_many_holes_reassemble(bench):
         peer.send(ACK | PSH, seq=start + 100 * index, payload=chunks[index])
     peer.send(ACK | PSH, seq=start, payload=chunks[0])
     peer.snd_nxt = (start + 2000) & 0xFFFFFFFF
-    peer.expect(lambda s: s.ack == peer.snd_nxt, what="ACK of all 2000 bytes")
+    peer.expect(lambda s: s.ack == peer.snd_nxt, description="ACK of all 2000 bytes")
     received = b""
     while len(received) < 2000:
         received += conn.recv(4000)
@@ -86,7 +86,7 @@ def test_sequence_numbers_wrap(bench):
     while len(received) < len(payload):
         received += conn.recv(100)
     assert received == payload
-    peer.expect(lambda s: s.ack == peer.snd_nxt, what="ACK across the wrap")
+    peer.expect(lambda s: s.ack == peer.snd_nxt, description="ACK across the wrap")
 
 
 def test_zero_window_advertised_when_buffer_full(bench):
@@ -102,8 +102,28 @@ def test_zero_window_advertised_when_buffer_full(bench):
             window_closed = True
             break
     if not window_closed:
-        peer.expect(lambda s: s.window == 0, what="zero window")
+        peer.expect(lambda s: s.window == 0, description="zero window")
     received = 0
     while received < 4000:
         received += len(conn.recv(65536, timeout=10))
-    peer.expect(lambda s: s.window > 0, what="window update")
+    peer.expect(lambda s: s.window > 0, description="window update")
+
+
+def test_large_out_of_order_run_does_not_stall(bench):
+    """RFC 9293 section 3.10.7.4: out-of-order data up to the window is kept; 40 segments (well over
+    25% of the receive buffer) held behind one hole are all delivered once the hole fills, and the
+    cumulative ACK covers them, so the connection does not stall."""
+    peer, conn = bench.established(options=option_mss(1000) + option_wscale(7))
+    start = peer.snd_nxt
+    chunks = [bytes([48 + index % 10]) * 1000 for index in range(41)]
+    for index in range(1, 41):
+        peer.send(ACK | PSH, seq=start + 1000 * index, payload=chunks[index])
+    peer.send(ACK | PSH, seq=start, payload=chunks[0])
+    peer.snd_nxt = (start + 41000) & 0xFFFFFFFF
+    peer.expect(lambda s: s.ack == peer.snd_nxt, description="ACK of all 41 segments")
+    received = b""
+    while len(received) < 41000:
+        received += conn.recv(65536)
+    assert received == b"".join(chunks)
+    peer.send_data(b"and more")
+    assert conn.recv(100) == b"and more"

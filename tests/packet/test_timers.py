@@ -28,7 +28,7 @@ def test_keepalive_probe_after_idle(bench):
     """RFC 1122 section 4.2.3.6: after TCP_KEEPIDLE seconds idle, a probe with SEG.SEQ = SND.NXT - 1
     and no data is sent; an answered probe keeps the connection."""
     peer, conn = bench.established(socket_options=KEEPALIVE_OPTIONS)
-    probe = peer.expect(lambda s: s.has(ACK), timeout=3, what="keepalive probe")
+    probe = peer.expect(lambda s: s.has(ACK), timeout=3, description="keepalive probe")
     assert probe.seq == (peer.rcv_nxt - 1) & 0xFFFFFFFF
     assert len(probe.payload) <= 1
     peer.send(ACK)
@@ -40,7 +40,7 @@ def test_keepalive_gives_up_after_keepcnt(bench):
     """RFC 1122 section 4.2.3.6 with Linux's knobs: TCP_KEEPCNT unanswered probes TCP_KEEPINTVL apart
     end the connection with ETIMEDOUT and a RST."""
     peer, conn = bench.established(socket_options=KEEPALIVE_OPTIONS)
-    probes = [peer.expect(lambda s: not s.has(RST), timeout=3, what="keepalive probe") for _ in range(2)]
+    probes = [peer.expect(lambda s: not s.has(RST), timeout=3, description="keepalive probe") for _ in range(2)]
     assert probes[1].time - probes[0].time >= 0.8
     peer.expect_flags(RST, timeout=3)
     with pytest.raises(OSError) as caught:
@@ -54,7 +54,7 @@ def test_user_timeout_aborts_unacknowledged_data(bench):
     peer, conn = bench.established(socket_options=[(IPPROTO_TCP, TCP_USER_TIMEOUT, 1500)])
     assert conn.getsockopt(IPPROTO_TCP, TCP_USER_TIMEOUT) == 1500
     conn.send(b"never acknowledged")
-    first = peer.expect(lambda s: s.payload, what="data segment")
+    first = peer.expect(lambda s: s.payload, description="data segment")
     with pytest.raises(OSError) as caught:
         conn.recv(100, timeout=10)
     assert caught.value.errno == errno.ETIMEDOUT
@@ -68,7 +68,7 @@ def test_linger_zero_close_sends_rst(bench):
     conn.setsockopt(SOL_SOCKET, SO_LINGER, struct.pack("ii", 1, 0))
     assert struct.unpack("ii", conn.getsockopt(SOL_SOCKET, SO_LINGER, 8)) == (1, 0)
     conn.close()
-    rst = peer.expect(lambda s: s.has(RST) or s.has(FIN), what="RST")
+    rst = peer.expect(lambda s: s.has(RST) or s.has(FIN), description="RST")
     assert rst.has(RST)
     assert rst.seq == peer.rcv_nxt
 
@@ -81,7 +81,7 @@ def test_cork_holds_partial_segment(bench):
     conn.send(b"b" * 300)
     peer.expect_none(0.1, predicate=lambda s: s.payload)
     conn.setsockopt(IPPROTO_TCP, TCP_CORK, 0)
-    data = peer.expect(lambda s: s.payload, what="data after uncorking")
+    data = peer.expect(lambda s: s.payload, description="data after uncorking")
     assert data.payload == b"a" * 300 + b"b" * 300
 
 
@@ -121,14 +121,14 @@ def test_nagle_holds_second_small_segment(bench):
     segment is unacknowledged; TCP_NODELAY sends it at once."""
     peer, conn = bench.established(options=option_mss(1000) + option_wscale(7))
     conn.send(b"one")
-    first = peer.expect(lambda s: s.payload, what="first segment")
+    first = peer.expect(lambda s: s.payload, description="first segment")
     conn.send(b"two")
     peer.expect_none(0.1, predicate=lambda s: s.payload and s.seq != first.seq)
     peer.send(ACK, ack=first.seq + 3)
-    second = peer.expect(lambda s: s.payload and s.seq != first.seq, what="second segment")
+    second = peer.expect(lambda s: s.payload and s.seq != first.seq, description="second segment")
     assert second.payload == b"two"
     conn.setsockopt(IPPROTO_TCP, TCP_NODELAY, 1)
     conn.send(b"three")
     conn.send(b"four")
-    third = peer.expect(lambda s: s.payload == b"three", what="third segment")
-    peer.expect(lambda s: s.payload == b"four" and s.seq == third.seq + 5, timeout=0.5, what="fourth segment")
+    third = peer.expect(lambda s: s.payload == b"three", description="third segment")
+    peer.expect(lambda s: s.payload == b"four" and s.seq == third.seq + 5, timeout=0.5, description="fourth segment")

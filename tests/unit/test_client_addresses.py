@@ -6,6 +6,7 @@ import socket
 
 import pytest
 
+from sandnet import resolver
 from sandnet import socket as snsocket
 from sandnet.cli import CommandError, echo_request, icmp_checksum, parse_url, read_head, write_body
 from sandnet.client import grpc_target
@@ -33,11 +34,22 @@ def test_wildcard_and_localhost():
     assert snsocket.resolve_host(socket.AF_INET6, "localhost") == bytes(15) + b"\x01"
 
 
-def test_hostname_raises_gaierror():
-    with pytest.raises(socket.gaierror, match="numeric IPv4 address"):
-        snsocket.resolve_host(socket.AF_INET, "example.com")
-    with pytest.raises(socket.gaierror):
+class NoNameserverClient:
+    """A stand-in for Client whose resolver has no nameserver, so no query leaves the process."""
+
+    def resolver(self):
+        return resolver.Resolver(open_udp=None, nameservers=[])
+
+
+def test_hostname_without_nameserver_raises_gaierror():
+    with pytest.raises(socket.gaierror, match="no nameserver configured"):
+        snsocket.resolve_host(socket.AF_INET, "sn-absent.invalid", NoNameserverClient())
+
+
+def test_address_of_other_family_raises_gaierror():
+    with pytest.raises(socket.gaierror) as raised:
         snsocket.resolve_host(socket.AF_INET6, "127.0.0.1")
+    assert raised.value.errno == socket.EAI_ADDRFAMILY
 
 
 def test_bad_tuples_raise_like_stdlib():

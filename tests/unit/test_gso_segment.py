@@ -15,7 +15,7 @@ MAC_A, MAC_B = b"\x02\x00\x00\x00\x00\x01", b"\x02\x00\x00\x00\x00\x02"
 
 
 def partial_tcp(src: bytes, dst: bytes, payload: bytes, flags: int, seq: int = 1000) -> dpkt.tcp.TCP:
-    """A TCP segment whose checksum field holds the pseudo-header sum, as a NEEDS_CSUM frame carries it."""
+    """Build a TCP segment whose checksum field contains the pseudo-header sum, as in a NEEDS_CSUM frame."""
     tcp = dpkt.tcp.TCP(sport=40000, dport=80, seq=seq, ack=5, flags=flags, win=512, data=payload)
     tcp.sum = pseudo_header_sum(src, dst, 6, len(tcp))
     return tcp

@@ -786,3 +786,99 @@ def test_zero_window_long_stall_survives():
     app()
     pair.wire.run(lambda: len(received) == len(data), max_time=600, app=app)
     assert bytes(received) == data
+
+
+# Options, loss recovery and socket-level knobs added for full conformance.
+
+@pytest.mark.parametrize("algorithm", ["cubic", "reno"])
+@pytest.mark.parametrize("seed", [3, 4])
+def test_transfer_under_loss_with_each_congestion_control(algorithm, seed):
+    config = TcpConfig(congestion=algorithm)
+    pair = Pair(seed=seed, loss=0.05, reorder=0.2, duplicate=0.01, client_config=config, server_config=config)
+    pair.open()
+    data = payload(300_000, seed)
+    assert transfer(pair, pair.a, pair.b, data) == data
+    assert pair.a.congestion_control == algorithm
+
+
+def test_timestamps_and_sack_negotiated():
+    pair = Pair()
+    pair.open()
+    syn, synack = pair.wire.sent_by("a")[0], pair.wire.sent_by("b")[0]
+    assert syn.timestamp is not None and syn.sack_permitted
+    assert synack.timestamp[1] == syn.timestamp[0]
+    assert synack.sack_permitted
+    info = pair.a.info()
+    assert info["options"] & 0b111 == 0b111
+
+
+def test_timestamps_off_when_one_side_disables():
+    pair = Pair(server_config=TcpConfig(timestamps=False, sack=False))
+    pair.open()
+    synack = pair.wire.sent_by("b")[0]
+    assert synack.timestamp is None
+    assert not synack.sack_permitted
+    assert pair.a.info()["options"] & 0b11 == 0
+
+
+def test_sack_blocks_describe_out_of_order_data():
+    pair = Pair()
+    pair.open()
+    b = pair.b
+    seq = pair.a._snd_wire(pair.a._snd_nxt)
+    ack = b._snd_wire(b._snd_nxt)
+    b.on_segment(header.TcpRepr(src_port=PORT_A, dst_port=PORT_B, seq=(seq + 100) & 0xFFFFFFFF, ack=ack,
+                                flags=header.ACK, window=1000, payload=b"x" * 50,
+                                timestamp=(pair.a._tsval(), 0)))
+    reply = pair.wire.sent_by("b")[-1]
+    assert reply.sack_blocks == (((seq + 100) & 0xFFFFFFFF, (seq + 150) & 0xFFFFFFFF),)
+
+
+def test_receive_buffer_grows_for_fast_reader():
+    pair = Pair()
+    pair.open()
+    before = pair.b._config.rcvbuf
+    transfer(pair, pair.a, pair.b, payload(2_000_000))
+    assert pair.b._config.rcvbuf > before
+
+
+def test_receive_buffer_fixed_without_autotuning():
+    config = TcpConfig(rcvbuf_auto=False)
+    pair = Pair(server_config=config)
+    pair.open()
+    transfer(pair, pair.a, pair.b, payload(500_000))
+    assert pair.b._config.rcvbuf == config.rcvbuf
+
+
+def test_user_timeout_gives_etimedout():
+    pair = Pair(client_config=TcpConfig(user_timeout=2.0))
+    pair.open()
+    pair.wire.loss = 1.0
+    pair.a.send(b"lost forever")
+    start = pair.clock.now
+    pair.wire.run(lambda: pair.a.state is State.CLOSED, max_time=60)
+    assert pair.a.error == errno.ETIMEDOUT
+    assert pair.clock.now - start <= 2.5
+
+
+def test_cork_holds_until_uncorked():
+    pair = Pair(client_config=TcpConfig(cork=True))
+    pair.open()
+    sent_before = len(pair.wire.sent_by("a"))
+    pair.a.send(b"small")
+    assert len(pair.wire.sent_by("a")) == sent_before
+    pair.a.set_option("cork", False)
+    assert pair.wire.sent_by("a")[-1].payload == b"small"
+
+
+def test_paws_drops_old_timestamp():
+    pair = Pair()
+    pair.open()
+    b = pair.b
+    seq = pair.a._snd_wire(pair.a._snd_nxt)
+    ack = b._snd_wire(b._snd_nxt)
+    old = (b._ts_recent - 10) & 0xFFFFFFFF
+    b.on_segment(header.TcpRepr(src_port=PORT_A, dst_port=PORT_B, seq=seq, ack=ack, flags=header.ACK,
+                                window=1000, payload=b"stale", timestamp=(old, 0)))
+    assert b.readable_bytes == 0
+    assert pair.counters.PAWSEstab == 1

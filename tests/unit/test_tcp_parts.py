@@ -139,3 +139,94 @@ def test_isn_depends_on_tuple_and_clock():
 def test_isn_rejects_empty_secret():
     with pytest.raises(ValueError, match="secret is empty"):
         IsnGenerator(b"", lambda: 0.0)
+
+
+# CUBIC, the SACK scoreboard, SYN cookies and struct tcp_info.
+
+def test_cubic_reduces_by_beta_and_regrows_towards_w_max():
+    from sandnet_stackd.tcp.congestion import Cubic
+
+    now = [0.0]
+    cubic = Cubic(1000, clock=lambda: now[0], srtt=lambda: 0.05)
+    cubic.cwnd = 100_000
+    cubic.ssthresh = 50_000
+    assert cubic.enter_recovery(snd_una=1, snd_max=100_001, flight=100_000)
+    assert cubic.ssthresh == 70_000             # beta_cubic = 0.7
+    cubic.on_ack(100_000, snd_una=100_001, flight=0)
+    assert not cubic.in_recovery
+    start = cubic.cwnd
+    for _ in range(200):
+        now[0] += 0.05
+        cubic.on_ack(cubic.cwnd // 2, snd_una=0, flight=0)
+    assert cubic.cwnd > start
+    assert cubic.cwnd > 100_000                 # past W_max after K seconds, probing upwards
+
+
+def test_make_congestion_rejects_unknown_name():
+    from sandnet_stackd.tcp.congestion import make_congestion
+
+    with pytest.raises(ValueError, match="cubic, reno"):
+        make_congestion("vegas", 1000, lambda: 0.0, lambda: None)
+
+
+def test_scoreboard_merges_and_finds_holes():
+    from sandnet_stackd.tcp.sack import Scoreboard
+
+    board = Scoreboard()
+    assert board.add(20, 30)
+    assert board.add(40, 50)
+    assert not board.add(22, 28)
+    assert board.add(30, 35)
+    assert board.ranges() == [(20, 35), (40, 50)]
+    assert board.holes(10) == [(10, 20), (35, 40)]
+    assert board.sacked_end(25) == 35
+    assert board.sacked_end(36) is None
+    assert board.next_sacked_start(36) == 40
+    board.forget_below(42)
+    assert board.ranges() == [(42, 50)]
+    assert board.sacked_bytes() == 8
+
+
+def test_received_blocks_most_recent_first():
+    from sandnet_stackd.tcp.sack import ReceivedBlocks
+
+    blocks = ReceivedBlocks()
+    blocks.note(100)
+    blocks.note(300)
+    assert blocks.blocks([(100, 200), (300, 400)], rcv_nxt=0, limit=4) == [(300, 400), (100, 200)]
+    assert blocks.blocks([(100, 200), (300, 400)], rcv_nxt=0, limit=1) == [(300, 400)]
+
+
+def test_syn_cookie_round_trip_and_forgery():
+    from sandnet_stackd.tcp.syncookies import SynCookies
+
+    now = [1000.0]
+    cookies = SynCookies(b"secret" * 4, lambda: now[0])
+    four_tuple = bytes([10, 0, 0, 2]) + b"\x00\x50" + bytes([10, 0, 0, 1]) + b"\x9c\x40"
+    cookie, mss = cookies.make(four_tuple, 12345, 1460)
+    assert mss == 1460
+    assert cookies.check(four_tuple, 12345, cookie) == 1460
+    assert cookies.check(four_tuple, 12346, cookie) is None
+    assert cookies.check(four_tuple, 12345, cookie ^ 1) is None
+    now[0] += 64 * 4
+    assert cookies.check(four_tuple, 12345, cookie) is None
+
+
+def test_pack_tcp_info_layout():
+    import struct
+
+    from sandnet_stackd.tcp import State, pack_tcp_info
+
+    info = {"state": State.ESTABLISHED, "ca_state": 0, "retransmits": 2, "probes": 0, "backoff": 1,
+            "options": 7, "snd_wscale": 7, "rcv_wscale": 9, "rto": 204000, "ato": 40000, "snd_mss": 1448,
+            "rcv_mss": 1448, "unacked": 3, "sacked": 1, "retrans": 0, "pmtu": 1500, "rcv_ssthresh": 65535,
+            "rtt": 1500, "rttvar": 700, "snd_ssthresh": 20, "snd_cwnd": 10, "advmss": 1460, "reordering": 3,
+            "rcv_space": 131072, "total_retrans": 4}
+    raw = pack_tcp_info(info)
+    assert len(raw) == 104
+    assert raw[0] == 1
+    assert raw[6] == 7 | 9 << 4
+    assert struct.unpack_from("4I", raw, 8) == (204000, 40000, 1448, 1448)
+    assert struct.unpack_from("4I", raw, 68) == (1500, 700, 20, 10)
+    assert struct.unpack_from("I", raw, 100) == (4,)
+    assert pack_tcp_info(None, listening=True)[0] == 10

@@ -147,8 +147,8 @@ OPTION_PAD1 = 0
 OPTION_PADN = 1
 OPTION_ROUTER_ALERT = 5
 
-# The two high bits of an option type say what to do when the type is unknown
-# (RFC 8200 section 4.2).
+# The two high bits of an option type select the action for an unrecognized
+# type (RFC 8200 section 4.2).
 ACTION_SKIP = 0
 ACTION_DISCARD = 1
 ACTION_DISCARD_ICMP = 2

@@ -35,6 +35,7 @@ class NewReno:
     def __init__(self, mss: int, sack: bool = False) -> None:
         self.mss = mss
         self.sack = sack
+        self.dupthresh = 3              # duplicate ACKs that start recovery (RFC 5681 section 3.2)
         self.cwnd = INITIAL_WINDOW_SEGMENTS * mss
         self.ssthresh = 1 << 30
         self.duplicate_acks = 0
@@ -88,7 +89,7 @@ class NewReno:
             return False
 
         self.duplicate_acks += 1
-        if self.duplicate_acks < 3:
+        if self.duplicate_acks < self.dupthresh:
             return False
         return self.enter_recovery(snd_una, snd_max, flight)
 

@@ -36,6 +36,9 @@ _DEFAULT_MSS_IPV6 = 1220        # RFC 8200 minimum MTU 1280 minus 60
 _MIN_SEND_MSS = 48              # Linux tcp_min_snd_mss
 _TIMESTAMP_OPTION_LEN = 12      # NOP, NOP, kind 8 of length 10: taken from each segment's payload
 _PAWS_IDLE_LIMIT = 24 * 24 * 3600.0     # RFC 7323 section 5.5: TS.Recent is invalid after 24 days idle
+_CHALLENGE_ACK_INTERVAL = 0.5   # seconds; Linux's tcp_invalid_ratelimit default
+_PAWS_WINDOW = 1                # TSval ticks older than TS.Recent that PAWS still accepts, as Linux's TCP_PAWS_WINDOW
+_MAX_DUPTHRESH = 30             # bound of the duplicate ACK threshold raised by reordering
 
 # States in which queued data or a FIN may be (re)transmitted.
 _SENDING_STATES = frozenset({State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1,
@@ -155,9 +158,15 @@ class TcpConnection:
         self._scoreboard = Scoreboard()
         self._received_blocks = ReceivedBlocks()
         self._high_rxt = 0              # holes below this offset were retransmitted in this recovery
+        # (cwnd, ssthresh, TSval of the first retransmission) saved at the start of a
+        # recovery, until it is known whether the recovery was needed.
+        self._undo: tuple[int, int, int] | None = None
+        self._undo_bytes = 0            # bytes retransmitted in this recovery and not D-SACKed
+        self._undo_timestamp_checked = False
 
         self._unacked_since: float | None = None    # when the data at SND.UNA went out, for TCP_USER_TIMEOUT
         self._total_retrans = 0
+        self._last_challenge_ack = -_CHALLENGE_ACK_INTERVAL
         self._rcv_space_copied = 0      # bytes read since _rcv_space_start, for auto-tuning
         self._rcv_space_start = clock()
 
@@ -284,10 +293,10 @@ class TcpConnection:
     def accept_cookie(self, ack: TcpRepr, mss: int) -> None:
         """Open a passive connection in ESTABLISHED from the ACK that returned a valid SYN cookie.
 
-        The listener kept no state for the SYN, so IRS is SEG.SEQ - 1, ISS
-        was the cookie (SEG.ACK - 1, which must equal this connection's
-        ``iss``), and the only option known is the ``mss`` the cookie encoded:
-        window scaling, timestamps and SACK stay off, as in Linux without TSopt.
+        The listener kept no state for the SYN, so IRS is SEG.SEQ - 1 and ISS
+        was the cookie, SEG.ACK - 1, which must equal this connection's ``iss``.
+        The only option known is the ``mss`` that the cookie encoded. Window
+        scaling, timestamps and SACK stay off, as in Linux without TSopt.
         """
         self._require_fresh("accept_cookie")
         self._passive = True
@@ -454,8 +463,9 @@ class TcpConnection:
 
         # RFC 7323 section 5.3: PAWS drops a segment whose TSval is older than TS.Recent.
         if (self._ts_enabled and seg.timestamp is not None and not flags & RST
-                and _seq_diff(seg.timestamp[0], self._ts_recent) < 0
-                and self._clock() - self._ts_recent_time <= _PAWS_IDLE_LIMIT):
+                and _seq_diff(seg.timestamp[0], self._ts_recent) < -_PAWS_WINDOW
+                and self._clock() - self._ts_recent_time <= _PAWS_IDLE_LIMIT
+                and not self._is_disordered_ack(seg, seq)):
             self._counters.PAWSEstab += 1
             self._send_ack()
             return
@@ -484,8 +494,8 @@ class TcpConnection:
             return
 
         # Fourth: a SYN in a synchronized state gets a challenge ACK (RFC 5961 section 4).
-        # NOTE: this includes TIME_WAIT, so reusing a TIME_WAIT 4-tuple for a new
-        # connection is up to the stack (Linux accepts a SYN above RCV.NXT there).
+        # This includes TIME_WAIT: a SYN that may reuse the 4-tuple never gets here,
+        # because the stack checks ``accepts_new_syn`` first.
         if flags & SYN:
             self._send_challenge_ack()
             return
@@ -510,6 +520,18 @@ class TcpConnection:
             self._send_ack()
         elif self._unacked_bytes and self._delack_deadline is None:
             self._delack_deadline = self._clock() + self._config.delayed_ack
+
+    def _is_disordered_ack(self, seg: TcpRepr, seq: int) -> bool:
+        """Whether ``seg`` is a reordered duplicate ACK that PAWS lets through, as Linux's tcp_disordered_ack.
+
+        A pure ACK at RCV.NXT for SND.UNA that does not change the window
+        carries nothing a replay could harm, if its TSval is within one RTO of TS.Recent.
+        """
+        if seg.payload or seg.flags & (SYN | FIN) or not seg.flags & ACK or seq != self._rcv_nxt:
+            return False
+        if self._snd_offset(seg.ack) != self._snd_una or seg.window << self._snd_wscale != self._snd_wnd:
+            return False
+        return _seq_diff(self._ts_recent, seg.timestamp[0]) <= self._rtt.rto * 1000
 
     def _is_acceptable(self, seq: int, seg: TcpRepr) -> bool:
         """Apply the segment acceptability test of RFC 9293 section 3.10.7.4."""
@@ -552,19 +574,22 @@ class TcpConnection:
         window = seg.window << self._snd_wscale
         new_sack = self._sack_enabled and self._record_sack_blocks(seg.sack_blocks, ack)
         if ack > self._snd_una:
+            self._check_spurious_recovery(seg, ack)
             self._acknowledge(ack)
         elif (ack == self._snd_una and not seg.payload and not seg.flags & FIN
               and (window == self._snd_wnd or new_sack) and self._snd_max > self._snd_una):
             # RFC 5681 section 2 duplicate ACK; with SACK, any ACK bringing new SACK information.
+            congestion = self._congestion
             flight = self._snd_max - self._snd_una
-            if self._congestion.on_duplicate_ack(self._snd_una, self._snd_max, flight):
-                self._start_loss_recovery()
-            elif self._congestion.in_recovery and self._scoreboard:
+            prior = (congestion.cwnd, congestion.ssthresh)
+            if congestion.on_duplicate_ack(self._snd_una, self._snd_max, flight):
+                self._start_loss_recovery(prior)
+            elif congestion.in_recovery and self._scoreboard:
                 self._retransmit_holes()
-            elif self._scoreboard.sacked_bytes() > 2 * self._snd_mss:
+            elif self._scoreboard.sacked_bytes() > (congestion.dupthresh - 1) * self._snd_mss:
                 # RFC 6675 section 5 IsLost(SND.UNA): more than DupThresh - 1 segments SACKed above it.
-                if self._congestion.enter_recovery(self._snd_una, self._snd_max, flight):
-                    self._start_loss_recovery()
+                if congestion.enter_recovery(self._snd_una, self._snd_max, flight):
+                    self._start_loss_recovery(prior)
 
         if self._snd_wl1 < seq or (self._snd_wl1 == seq and self._snd_wl2 <= ack):
             self._snd_wnd = window
@@ -583,17 +608,57 @@ class TcpConnection:
         SND.MAX are ignored.
         """
         new = False
-        for left_wire, right_wire in blocks:
+        for index, (left_wire, right_wire) in enumerate(blocks):
             left = self._snd_offset(left_wire)
             right = self._snd_offset(right_wire)
             if ack <= left < right <= self._snd_max:
                 new |= self._scoreboard.add(left, right)
+            elif index == 0 and left < right <= ack and self._undo is not None:
+                self._on_duplicate_sack(right - left)
         return new
 
-    def _start_loss_recovery(self) -> None:
-        """Retransmit on entering fast recovery: the holes with SACK (RFC 6675), else the first segment."""
+    def _on_duplicate_sack(self, size: int) -> None:
+        """Count a D-SACK (RFC 2883): once every retransmission of this recovery arrived twice,
+        none was needed and the window reduction is undone (RFC 3708)."""
+        self._undo_bytes -= size
+        if self._undo_bytes <= 0:
+            self._counters.TCPDSACKUndo += 1
+            self._undo_recovery()
+
+    def _check_spurious_recovery(self, seg: TcpRepr, ack: int) -> None:
+        """Undo the window reduction when the first ACK of the retransmitted data echoes a TSval
+        older than the retransmission: the original arrived, so the loss was reordering (RFC 3522)."""
+        if self._undo is None or self._undo_timestamp_checked or not self._ts_enabled or seg.timestamp is None:
+            return
+        self._undo_timestamp_checked = True
+        if _seq_diff(seg.timestamp[1], self._undo[2]) < 0:
+            self._counters.TCPFullUndo += 1
+            self._undo_recovery()
+
+    def _undo_recovery(self) -> None:
+        """Restore cwnd and ssthresh from before a spurious recovery and tolerate more reordering."""
+        cwnd, ssthresh, _ = self._undo
+        self._undo = None
+        congestion = self._congestion
+        congestion.cwnd = max(congestion.cwnd, cwnd)
+        congestion.ssthresh = max(congestion.ssthresh, ssthresh)
+        congestion.in_recovery = False
+        congestion.duplicate_acks = 0
+        congestion.recover = self._snd_una - 1
+        # Like Linux's tp->reordering: wait for more duplicate ACKs before the next recovery.
+        congestion.dupthresh = min(congestion.dupthresh + 2, _MAX_DUPTHRESH)
+
+    def _start_loss_recovery(self, prior: tuple[int, int]) -> None:
+        """Retransmit on entering fast recovery: the holes with SACK (RFC 6675), else the first segment.
+
+        ``prior`` is (cwnd, ssthresh) before the reduction, kept so that a
+        recovery found spurious can be undone.
+        """
         self._counters.TCPFastRetrans += 1
         self._high_rxt = self._snd_una
+        self._undo = (*prior, self._tsval())
+        self._undo_bytes = 0
+        self._undo_timestamp_checked = False
         if self._scoreboard:
             self._counters.TCPSackRecovery += 1
             self._retransmit_holes(first=True)
@@ -605,14 +670,15 @@ class TcpConnection:
         """Retransmit unSACKed data below the highest SACKed byte while the pipe is under cwnd.
 
         RFC 6675 section 5: pipe counts the bytes in flight that are neither
-        SACKed nor presumed lost. Every hole below the highest SACKed byte is
-        presumed lost (a simplification of IsLost that matches RACK's view
-        once later data was SACKed). ``first`` sends one segment whatever the pipe.
+        SACKed nor presumed lost. A hole is presumed lost once more than
+        DupThresh - 1 segments above it are SACKed (IsLost, counted in bytes).
+        ``first`` sends one segment whatever the pipe.
         """
         mss = self._snd_mss
         data_end = self._snd_buf_start + len(self._snd_buf)
         self._high_rxt = max(self._high_rxt, self._snd_una)
-        holes = [(start, min(end, data_end)) for start, end in self._scoreboard.holes(self._snd_una)]
+        holes = [(start, min(end, data_end)) for start, end in self._scoreboard.holes(self._snd_una)
+                 if self._scoreboard.sacked_above(start) > (self._congestion.dupthresh - 1) * mss]
         not_resent = sum(max(end - max(start, self._high_rxt), 0) for start, end in holes)
         pipe = self._snd_max - self._snd_una - self._scoreboard.sacked_bytes() - not_resent
         sent = False
@@ -625,6 +691,10 @@ class TcpConnection:
                 self._high_rxt = start
                 pipe += size
                 sent = True
+        if first and not sent:
+            # RFC 6675 section 5 step 4.3: the first unacknowledged segment goes out at once.
+            self._retransmit_head()
+            return
         if sent:
             self._arm_rto()
 
@@ -862,6 +932,7 @@ class TcpConnection:
         if start < self._snd_max:
             self._counters.RetransSegs += 1
             self._total_retrans += 1
+            self._undo_bytes += size
             self._rtt_seq = None        # Karn's rule: no RTT sample across a retransmission.
         elif self._rtt_seq is None:
             self._start_rtt(end)
@@ -894,6 +965,15 @@ class TcpConnection:
         self._emit(self._snd_wire(self._snd_max), ACK, b"")
 
     def _send_challenge_ack(self) -> None:
+        """Send a challenge ACK, at most one per CHALLENGE_ACK_INTERVAL (RFC 5961 section 7).
+
+        Linux limits them per socket the same way (tcp_invalid_ratelimit, 500 ms).
+        """
+        now = self._clock()
+        if now - self._last_challenge_ack < _CHALLENGE_ACK_INTERVAL:
+            self._counters.TCPACKSkippedChallenge += 1
+            return
+        self._last_challenge_ack = now
         self._counters.TCPChallengeACK += 1
         self._send_ack()
 
@@ -980,7 +1060,7 @@ class TcpConnection:
         return data
 
     def _tune_receive_buffer(self, copied: int) -> None:
-        """Grow the receive buffer to twice what the application reads per RTT.
+        """Grow the receive buffer to four times what the application reads per RTT.
 
         A simplified Linux tcp_rcv_space_adjust (dynamic right-sizing): the
         window then stays ahead of a reader that keeps up, up to rcvbuf_max.
@@ -1050,6 +1130,8 @@ class TcpConnection:
         response, as Linux's tcp_simple_retransmit does.
         """
         header = 60 if len(self.remote_ip) == 16 else 40
+        if self._ts_enabled:
+            header += _TIMESTAMP_OPTION_LEN
         mss = max(mtu - header, _MIN_SEND_MSS)
         if mss >= self._snd_mss:
             return
@@ -1150,6 +1232,7 @@ class TcpConnection:
             self._counters.RetransSegs += 1
             self._send_syn()
         else:
+            self._undo = None
             self._congestion.on_timeout(self._snd_max, self._snd_max - self._snd_una)
             self._snd_nxt = self._snd_una
             self._retransmit_head()

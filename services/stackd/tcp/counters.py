@@ -33,11 +33,14 @@ class TcpCounters:
     TCPAbortOnClose: int = 0
     TCPAbortOnTimeout: int = 0
     TCPChallengeACK: int = 0
+    TCPACKSkippedChallenge: int = 0
     TCPOFOQueue: int = 0
     TCPWinProbe: int = 0
     TCPKeepAlive: int = 0
     PAWSEstab: int = 0
     TCPSackRecovery: int = 0
+    TCPFullUndo: int = 0
+    TCPDSACKUndo: int = 0
     TCPRenoRecovery: int = 0
     ListenOverflows: int = 0
     ListenDrops: int = 0

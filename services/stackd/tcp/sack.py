@@ -70,6 +70,14 @@ class Scoreboard:
         index = bisect.bisect_right(self._starts, offset)
         return self._starts[index] if index < len(self._starts) else None
 
+    def sacked_above(self, offset: int) -> int:
+        """Return how many SACKed bytes lie above ``offset``."""
+        index = bisect.bisect_right(self._ends, offset)
+        total = sum(end - start for start, end in zip(self._starts[index:], self._ends[index:]))
+        if index < len(self._starts) and self._starts[index] < offset:
+            total -= offset - self._starts[index]
+        return total
+
     def holes(self, start: int) -> list[tuple[int, int]]:
         """Return the unSACKed ranges from ``start`` up to the highest SACKed byte."""
         holes = []

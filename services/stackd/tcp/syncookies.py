@@ -1,8 +1,8 @@
-"""SYN cookies (RFC 4987 section 3.6): a listener answers a SYN without keeping state.
+"""SYN cookies (RFC 4987 section 3.6): a listener replies to a SYN without keeping state.
 
 The initial sequence number of the SYN-ACK encodes what the listener must
 remember, and the ACK that completes the handshake returns it as SEG.ACK - 1.
-Layout of the 32-bit cookie, as in the classic Bernstein design:
+Layout of the 32-bit cookie:
 
 * bits 31..27: a counter that ticks every 64 seconds, so a cookie expires;
 * bits 26..24: the index of the peer's MSS in ``MSS_TABLE``;
