@@ -54,9 +54,10 @@ RX_BUFFER_BYTES = vnet.HEADER_SIZE + vnet.MAX_GSO_FRAME_SIZE + 64
 IFNAMSIZ = 16
 
 
-# --gso values: "true" exchanges a virtio-net header with the device (falling
-# back to "software" where the kernel refuses one), "software" cuts GSO
-# frames in linkd, and "false" passes plain MTU-sized frames only.
+# --gso values: "true" exchanges a virtio-net header with the device (on
+# AF_PACKET, falling back to "software" if the kernel rejects
+# PACKET_VNET_HDR), "software" cuts GSO frames in linkd, and "false" passes
+# plain MTU-sized frames only.
 GSO_MODES = ("true", "software", "false")
 
 
@@ -164,7 +165,6 @@ class Device:
         self.mtu = mtu
         self.vnet_header = vnet_header
         self.software_gso = False
-        self.tso = vnet_header
         self.offload_path = ""
         self.counters = counters
         self.log = log
@@ -320,6 +320,7 @@ class PacketDevice(Device):
             try:
                 self.sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
             except OSError as error:
+                # NOTE: never exercised by the tests, because the kernels here accept PACKET_VNET_HDR.
                 self.log.warning("PACKET_VNET_HDR is not available on %s (%s); falling back to software GSO",
                                  self.name, error.strerror)
                 self.vnet_header = False

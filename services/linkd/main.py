@@ -16,8 +16,8 @@ from sandnet_common.logs import setup_logging
 from sandnet_common.server import ListenError, Service
 from sandnet_linkd import netconfig, vnet
 from sandnet_linkd.device import (
-    Counters, Device, DeviceError, DeviceSpec, format_mac, link_index, open_device, parse_device, parse_mac,
-    stack_mac_for,
+    GSO_MODES, Counters, Device, DeviceError, DeviceSpec, format_mac, link_index, open_device, parse_device,
+    parse_mac, stack_mac_for,
 )
 from sandnet_linkd.lock import DeviceBusyError, lock_device
 from sandnet_linkd.servicer import LinkServicer
@@ -54,7 +54,7 @@ def _gso_arg(text: str) -> str:
     try:
         return "true" if bool_arg(lowered) else "false"
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"invalid --gso value {text!r}: use true, false or software") from None
+        raise argparse.ArgumentTypeError(f"invalid --gso value {text!r}: use one of {', '.join(GSO_MODES)}") from None
 
 
 def _log_level_arg(text: str) -> str:

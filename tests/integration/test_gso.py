@@ -16,7 +16,6 @@ import secrets
 import subprocess
 import sys
 import tempfile
-import time
 
 import grpc
 import pytest
@@ -273,3 +272,11 @@ def test_software_gso_drops_frame_it_cannot_cut():
             assert stats.tx_dropped == 1
             assert stats.tx_gso_segments == 0
         assert "ethertype 0x0806" in linkd.log_text()
+
+
+def test_gso_flag_rejects_unknown_value():
+    result = subprocess.run([f"{netlab.BIN_DIR}/sandnet-linkd", "--device", "veth:sn0", "--listen", "unix:/tmp/sn.sock",
+                             "--gso", "maybe"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "'maybe'" in result.stderr
+    assert "true, software, false" in result.stderr

@@ -66,7 +66,8 @@ def test_sack_recovery_resends_only_the_holes(bench):
     peer.send(ACK, ack=una, options=option_sack([(segments[5].seq, end[6]), (segments[2].seq, end[3])]))
     peer.send(ACK, ack=una, options=option_sack([(segments[5].seq, end[7]), (segments[2].seq, end[3])]))
     holes = {segments[1].seq, segments[4].seq}
-    sacked = {segments[i].seq for i in (2, 3, 5, 6, 7)}
+    # The last segment is left out: a tail loss probe (RFC 8985) may resend it before the SACKs arrive.
+    sacked = {segments[i].seq for i in (2, 3, 5, 6)}
     seen = set()
     while seen != holes:
         again = peer.expect(lambda s: s.payload, timeout=3, description="retransmission of a hole")

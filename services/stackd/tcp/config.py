@@ -33,6 +33,7 @@ class TcpConfig:
     congestion: str = "cubic"     # TCP_CONGESTION, "cubic" or "reno"
     user_timeout: float = 0.0     # TCP_USER_TIMEOUT in seconds, 0 for the retries2 limit
     cork: bool = False            # TCP_CORK
+    rack: bool = True             # RACK-TLP loss detection, as Linux's tcp_recovery
     # Receive buffer auto-tuning (Linux tcp_moderate_rcvbuf) until the
     # application sets SO_RCVBUF; rcvbuf_max is tcp_rmem[2].
     rcvbuf_auto: bool = True

@@ -20,6 +20,7 @@ from .buffers import OutOfOrderQueue
 from .config import TcpConfig
 from .congestion import make_congestion
 from .counters import TcpCounters
+from .rack import Rack
 from .rtt import MAX_RTO, RttEstimator
 from .sack import ReceivedBlocks, Scoreboard
 from .state import State
@@ -39,6 +40,9 @@ _PAWS_IDLE_LIMIT = 24 * 24 * 3600.0     # RFC 7323 section 5.5: TS.Recent is inv
 _CHALLENGE_ACK_INTERVAL = 0.5   # seconds; Linux's tcp_invalid_ratelimit default
 _PAWS_WINDOW = 1                # TSval ticks older than TS.Recent that PAWS still accepts, as Linux's TCP_PAWS_WINDOW
 _MAX_DUPTHRESH = 30             # bound of the duplicate ACK threshold raised by reordering
+_MAX_REORDER_WINDOW_FACTOR = 16     # RFC 8985 section 7.2 bound of RACK.reo_wnd_mult
+_WORST_CASE_DELAYED_ACK = 0.2   # seconds, RFC 8985 WCDelAckT
+_MIN_PROBE_TIMEOUT = 0.01       # seconds, the lower bound Linux puts on the probe timeout
 
 # States in which queued data or a FIN may be (re)transmitted.
 _SENDING_STATES = frozenset({State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1,
@@ -163,6 +167,13 @@ class TcpConnection:
         self._undo: tuple[int, int, int] | None = None
         self._undo_bytes = 0            # bytes retransmitted in this recovery and not D-SACKed
         self._undo_timestamp_checked = False
+
+        # RFC 8985 RACK-TLP.
+        self._rack = Rack()
+        self._rack_deadline: float | None = None     # reordering timer: check for losses again
+        self._probe_deadline: float | None = None    # tail loss probe timer
+        self._probe_pending = False                  # a probe was sent and SND.UNA has not moved since
+        self._reorder_window_factor = 1              # RFC 8985 section 6.2: grows with spurious recoveries
 
         self._unacked_since: float | None = None    # when the data at SND.UNA went out, for TCP_USER_TIMEOUT
         self._total_retrans = 0
@@ -575,6 +586,7 @@ class TcpConnection:
         new_sack = self._sack_enabled and self._record_sack_blocks(seg.sack_blocks, ack)
         if ack > self._snd_una:
             self._check_spurious_recovery(seg, ack)
+            self._probe_pending = False
             self._acknowledge(ack)
         elif (ack == self._snd_una and not seg.payload and not seg.flags & FIN
               and (window == self._snd_wnd or new_sack) and self._snd_max > self._snd_una):
@@ -599,6 +611,8 @@ class TcpConnection:
             if window:
                 self._persist_deadline = None
                 self._persist_backoff = 0
+        self._run_rack(update=True)
+        self._arm_probe()
         return True
 
     def _record_sack_blocks(self, blocks, ack: int) -> bool:
@@ -639,6 +653,7 @@ class TcpConnection:
         """Restore cwnd and ssthresh from before a spurious recovery and tolerate more reordering."""
         cwnd, ssthresh, _ = self._undo
         self._undo = None
+        self._reorder_window_factor = min(self._reorder_window_factor + 1, _MAX_REORDER_WINDOW_FACTOR)
         congestion = self._congestion
         congestion.cwnd = max(congestion.cwnd, cwnd)
         congestion.ssthresh = max(congestion.ssthresh, ssthresh)
@@ -648,17 +663,88 @@ class TcpConnection:
         # Like Linux's tp->reordering: wait for more duplicate ACKs before the next recovery.
         congestion.dupthresh = min(congestion.dupthresh + 2, _MAX_DUPTHRESH)
 
+    def _note_recovery(self, prior: tuple[int, int]) -> None:
+        """Count a new recovery and save what undoing it needs."""
+        self._counters.TCPFastRetrans += 1
+        self._high_rxt = self._snd_una
+        self._undo = (*prior, self._tsval())
+        self._undo_bytes = 0
+        self._undo_timestamp_checked = False
+
+    def _run_rack(self, update: bool) -> None:
+        """Retransmit the segments RACK finds lost (RFC 8985 section 6.2), entering recovery once.
+
+        ``update`` feeds the latest ACK and SACK state to RACK first; the
+        reordering timer only checks again.
+        """
+        if not self._config.rack or self.state not in _SENDING_STATES:
+            return
+        now = self._clock()
+        if update:
+            self._rack.on_ack(self._snd_una, self._scoreboard.sacked_end, now)
+        min_rtt = self._rack.min_rtt
+        reorder_window = min(min_rtt / 4 * self._reorder_window_factor, self._rtt.srtt or min_rtt) if min_rtt else 0.0
+        lost, self._rack_deadline = self._rack.detect_losses(now, reorder_window)
+        if not lost:
+            return
+
+        congestion = self._congestion
+        prior = (congestion.cwnd, congestion.ssthresh)
+        if congestion.enter_recovery(self._snd_una, self._snd_max, self._snd_max - self._snd_una):
+            self._note_recovery(prior)
+        data_end = self._snd_buf_start + len(self._snd_buf)
+        for start, end in lost:
+            if start < self._snd_una:
+                continue
+            size = max(min(end, data_end) - start, 0)
+            fin = self._fin_queued and end > data_end
+            if size or fin:
+                self._send_data(start, size, fin)
+                self._high_rxt = max(self._high_rxt, start + size)
+        self._arm_rto()
+
+    def _arm_probe(self) -> None:
+        """Arm the tail loss probe timer while data is in flight (RFC 8985 section 7.2)."""
+        self._probe_deadline = None
+        if (not self._config.rack or self._probe_pending or self._congestion.in_recovery
+                or self._snd_max <= self._snd_una or self.state not in _SENDING_STATES or self._rto_deadline is None):
+            return
+        srtt = self._rtt.srtt
+        timeout = 2 * srtt if srtt is not None else 1.0
+        if self._snd_max - self._snd_una <= self._snd_mss:
+            timeout += _WORST_CASE_DELAYED_ACK     # the peer may delay the ACK of a lone segment
+        deadline = self._clock() + max(timeout, _MIN_PROBE_TIMEOUT)
+        if deadline < self._rto_deadline:
+            self._probe_deadline = deadline
+
+    def _on_probe_timeout(self) -> None:
+        """Send a tail loss probe: new data if the windows allow, else the last segment again."""
+        self._probe_deadline = None
+        if self.state not in _SENDING_STATES or self._snd_max <= self._snd_una:
+            return
+        self._probe_pending = True
+        self._counters.TCPLossProbes += 1
+        sent_before = self._snd_max
+        self._push(force=True)
+        if self._snd_max == sent_before:
+            last = self._rack.last_outstanding(self._snd_una)
+            if last is not None:
+                start, end = last
+                start = max(start, end - self._snd_mss)
+                data_end = self._snd_buf_start + len(self._snd_buf)
+                size = max(min(end, data_end) - start, 0)
+                fin = self._fin_queued and end > data_end
+                if size or fin:
+                    self._send_data(start, size, fin)
+        self._arm_rto(restart=True)
+
     def _start_loss_recovery(self, prior: tuple[int, int]) -> None:
         """Retransmit on entering fast recovery: the holes with SACK (RFC 6675), else the first segment.
 
         ``prior`` is (cwnd, ssthresh) before the reduction, kept so that a
         recovery found spurious can be undone.
         """
-        self._counters.TCPFastRetrans += 1
-        self._high_rxt = self._snd_una
-        self._undo = (*prior, self._tsval())
-        self._undo_bytes = 0
-        self._undo_timestamp_checked = False
+        self._note_recovery(prior)
         if self._scoreboard:
             self._counters.TCPSackRecovery += 1
             self._retransmit_holes(first=True)
@@ -906,6 +992,7 @@ class TcpConnection:
         if sent:
             self._persist_deadline = None
             self._arm_rto()
+            self._arm_probe()
         elif (self._snd_max == self._snd_una and self._snd_buf_start + len(self._snd_buf) > self._snd_nxt
               and self._persist_deadline is None):
             self._arm_persist()
@@ -927,6 +1014,8 @@ class TcpConnection:
             flags |= FIN
 
         end = start + size + fin
+        if self._config.rack and end > start:
+            self._rack.on_transmit(start, end, self._clock(), retransmit=start < self._snd_max)
         if self._unacked_since is None:
             self._unacked_since = self._clock()
         if start < self._snd_max:
@@ -1179,7 +1268,8 @@ class TcpConnection:
         """Return the earliest pending timer deadline in clock() seconds, or None."""
         deadlines = [deadline for deadline in (self._rto_deadline, self._persist_deadline,
                                                self._delack_deadline, self._keepalive_deadline,
-                                               self._close_deadline) if deadline is not None]
+                                               self._close_deadline, self._rack_deadline,
+                                               self._probe_deadline) if deadline is not None]
         return min(deadlines) if deadlines else None
 
     def on_timer(self) -> None:
@@ -1193,6 +1283,11 @@ class TcpConnection:
             return
         if self._rto_deadline is not None and now >= self._rto_deadline:
             self._on_retransmission_timeout(now)
+        if self._rack_deadline is not None and now >= self._rack_deadline:
+            self._rack_deadline = None
+            self._run_rack(update=False)
+        if self._probe_deadline is not None and now >= self._probe_deadline:
+            self._on_probe_timeout()
         if self._persist_deadline is not None and now >= self._persist_deadline:
             self._on_persist_timeout()
         if self._delack_deadline is not None and now >= self._delack_deadline:
@@ -1205,6 +1300,9 @@ class TcpConnection:
     def _on_retransmission_timeout(self, now: float) -> None:
         """Retransmit after the timer expired (RFC 6298 sections 5.4 to 5.6), within Linux's retry limits."""
         self._rto_deadline = None
+        self._rack_deadline = None
+        self._probe_deadline = None
+        self._probe_pending = False
         self._counters.TCPTimeouts += 1
         if self._user_timeout_expired(now):
             self._give_up()
@@ -1345,6 +1443,8 @@ class TcpConnection:
     def _enter_time_wait(self) -> None:
         self._set_state(State.TIME_WAIT)
         self._rto_deadline = None
+        self._rack_deadline = None
+        self._probe_deadline = None
         self._persist_deadline = None
         self._keepalive_deadline = None
         self._close_deadline = self._clock() + self._config.time_wait
@@ -1353,6 +1453,8 @@ class TcpConnection:
         self._set_state(State.CLOSED)
         self._finished = True
         self._rto_deadline = None
+        self._rack_deadline = None
+        self._probe_deadline = None
         self._persist_deadline = None
         self._delack_deadline = None
         self._keepalive_deadline = None

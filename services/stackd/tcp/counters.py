@@ -40,6 +40,7 @@ class TcpCounters:
     PAWSEstab: int = 0
     TCPSackRecovery: int = 0
     TCPFullUndo: int = 0
+    TCPLossProbes: int = 0
     TCPDSACKUndo: int = 0
     TCPRenoRecovery: int = 0
     ListenOverflows: int = 0
