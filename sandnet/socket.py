@@ -759,8 +759,8 @@ def getnameinfo(sockaddr: tuple, flags: int) -> tuple[str, str]:
 
 
 def has_dualstack_ipv6() -> bool:
-    """Return False: sandnet has no dual-stack (IPV6_V6ONLY=0) sockets."""
-    return False
+    """Return True: AF_INET6 sockets accept IPv4 peers unless IPV6_V6ONLY is set, as on Linux."""
+    return True
 
 
 def create_connection(address, timeout=_GLOBAL_DEFAULT_TIMEOUT, source_address=None, *,
@@ -794,13 +794,16 @@ def create_connection(address, timeout=_GLOBAL_DEFAULT_TIMEOUT, source_address=N
 def create_server(address, *, family: int = AF_INET, backlog: int | None = None, reuse_port: bool = False,
                   dualstack_ipv6: bool = False, client: Client | None = None) -> socket:
     """Bind a listening TCP socket to ``address``, like the stdlib's socket.create_server."""
-    if dualstack_ipv6:
-        raise ValueError("dualstack_ipv6 is not supported by sandnet sockets")
+    if dualstack_ipv6 and family != AF_INET6:
+        raise ValueError("dualstack_ipv6 requires AF_INET6 family")
     if reuse_port:
         raise ValueError("SO_REUSEPORT is not supported by sandnet sockets")
     sock = socket(family, SOCK_STREAM, client=client)
     try:
         sock.setsockopt(SOL_SOCKET, SO_REUSEADDR, 1)
+        if family == AF_INET6:
+            # As the stdlib does: IPv6 only, unless a dual-stack server was requested.
+            sock.setsockopt(IPPROTO_IPV6, _socket.IPV6_V6ONLY, 0 if dualstack_ipv6 else 1)
         sock.bind(address)
         if backlog is None:
             sock.listen()

@@ -183,6 +183,10 @@ class Device:
     def _send(self, packet: bytes) -> None:
         raise NotImplementedError
 
+    def _send_parts(self, parts: tuple[bytes, bytes]) -> None:
+        """Write the parts as one packet without joining them (a gathering write)."""
+        raise NotImplementedError
+
     def read_batch(self, max_frames: int) -> list[RxFrame]:
         """Read up to ``max_frames`` frames that are ready, without blocking."""
         frames: list[RxFrame] = []
@@ -228,7 +232,7 @@ class Device:
             if header.gso_type != vnet.GSO_NONE:
                 self.counters.tx_gso_frames += 1
             if self.vnet_header:
-                self._write(header.pack() + data, len(data))
+                self._write((header.pack(), data), len(data))
             elif header.is_zero():
                 self._write(data, len(data))
             else:
@@ -251,10 +255,13 @@ class Device:
         for packet in packets:
             self._write(packet, len(packet))
 
-    def _write(self, packet: bytes, frame_size: int) -> None:
-        """Write one packet to the device; count it, or count and log the failure."""
+    def _write(self, packet: bytes | tuple[bytes, bytes], frame_size: int) -> None:
+        """Write one packet, or a virtio-net header and its frame, to the device; count it, or count and log the failure."""
         try:
-            self._send(packet)
+            if isinstance(packet, tuple):
+                self._send_parts(packet)
+            else:
+                self._send(packet)
         except (BlockingIOError, InterruptedError):
             self.counters.tx_dropped += 1
             self.limited_log.warning("tx-full", "dropped a frame for %s %s: the device queue is full", self.kind, self.name)
@@ -374,6 +381,9 @@ class PacketDevice(Device):
     def _send(self, packet: bytes) -> None:
         self.sock.send(packet)
 
+    def _send_parts(self, parts: tuple[bytes, bytes]) -> None:
+        self.sock.sendmsg(parts)
+
 
 class TapDevice(Device):
     """A TAP device: frames the kernel sends to the TAP are read here, and
@@ -476,6 +486,9 @@ class TapDevice(Device):
 
     def _send(self, packet: bytes) -> None:
         os.write(self.fd, packet)
+
+    def _send_parts(self, parts: tuple[bytes, bytes]) -> None:
+        os.writev(self.fd, parts)
 
 
 def device_features(name: str, log: logging.Logger) -> dict[str, bool]:

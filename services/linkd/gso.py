@@ -77,24 +77,7 @@ def segment(frame: bytes, header: vnet.VnetHeader) -> list[bytes]:
 
     view = memoryview(frame)
     eth = vnet.ETHERNET_HEADER_SIZE
-    if len(frame) < eth + 20:
-        raise GsoError(f"GSO frame of {len(frame)} bytes is too short for its headers")
-    ethertype = _U16.unpack_from(frame, 12)[0]
-
-    if gso_type == vnet.GSO_TCPV4:
-        if ethertype != ETHERTYPE_IPV4:
-            raise GsoError(f"TCPv4 GSO frame with ethertype {ethertype:#06x}")
-        ip_size = (frame[eth] & 0x0F) * 4
-        if ip_size < 20 or frame[eth + 9] != PROTO_TCP:
-            raise GsoError("TCPv4 GSO frame whose IPv4 header is invalid or does not carry TCP")
-        src, dst = bytes(view[eth + 12:eth + 16]), bytes(view[eth + 16:eth + 20])
-    else:
-        if ethertype != ETHERTYPE_IPV6:
-            raise GsoError(f"TCPv6 GSO frame with ethertype {ethertype:#06x}")
-        ip_size = IPV6_HEADER_SIZE
-        if len(frame) < eth + ip_size or frame[eth + 6] != PROTO_TCP:
-            raise GsoError("TCPv6 GSO frame whose next header is not TCP")
-        src, dst = bytes(view[eth + 8:eth + 24]), bytes(view[eth + 24:eth + 40])
+    ip_size, src, dst = _ip_header(frame, gso_type)
 
     tcp = eth + ip_size
     if len(frame) < tcp + 20:
@@ -141,3 +124,25 @@ def segment(frame: bytes, header: vnet.VnetHeader) -> list[bytes]:
         _U16.pack_into(out, tcp + _TCP_CHECKSUM_OFFSET, _checksum(memoryview(out)[tcp:], pseudo))
         frames.append(bytes(out))
     return frames
+
+
+def _ip_header(frame: bytes, gso_type: int) -> tuple[int, bytes, bytes]:
+    """Return the IP header length and the source and destination addresses; raise GsoError if unusable."""
+    eth = vnet.ETHERNET_HEADER_SIZE
+    if len(frame) < eth + 20:
+        raise GsoError(f"GSO frame of {len(frame)} bytes is too short for its headers")
+    ethertype = _U16.unpack_from(frame, 12)[0]
+
+    if gso_type == vnet.GSO_TCPV4:
+        if ethertype != ETHERTYPE_IPV4:
+            raise GsoError(f"TCPv4 GSO frame with ethertype {ethertype:#06x}")
+        ip_size = (frame[eth] & 0x0F) * 4
+        if ip_size < 20 or frame[eth + 9] != PROTO_TCP:
+            raise GsoError("TCPv4 GSO frame whose IPv4 header is invalid or does not carry TCP")
+        return ip_size, bytes(frame[eth + 12:eth + 16]), bytes(frame[eth + 16:eth + 20])
+
+    if ethertype != ETHERTYPE_IPV6:
+        raise GsoError(f"TCPv6 GSO frame with ethertype {ethertype:#06x}")
+    if len(frame) < eth + IPV6_HEADER_SIZE or frame[eth + 6] != PROTO_TCP:
+        raise GsoError("TCPv6 GSO frame whose next header is not TCP")
+    return IPV6_HEADER_SIZE, bytes(frame[eth + 8:eth + 24]), bytes(frame[eth + 24:eth + 40])

@@ -138,6 +138,7 @@ class Ndp6Counters:
     UnresolvedDiscards: int = 0
     InUnsolicitedIgnored: int = 0
     InInvalid: int = 0
+    DadFailures: int = 0
 
 
 @dataclasses.dataclass(slots=True)

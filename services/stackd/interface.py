@@ -12,6 +12,9 @@ class Address:
     prefix_len: int
     broadcast: bytes = b""
     scope: str = "global"
+    # An IPv6 address under duplicate address detection (RFC 4862 section 5.4):
+    # it takes no traffic and is no source address until DAD succeeds.
+    tentative: bool = False
 
     def contains(self, ip: bytes) -> bool:
         """Check whether ``ip`` is on this address's subnet."""
@@ -44,11 +47,16 @@ class Interface:
         return [a for a in self.addresses if len(a.ip) == 4]
 
     def ipv6_addresses(self) -> list[Address]:
-        return [a for a in self.addresses if len(a.ip) == 16]
+        """Return the usable IPv6 addresses, without tentative ones."""
+        return [a for a in self.addresses if len(a.ip) == 16 and not a.tentative]
 
     def owns(self, ip: bytes) -> bool:
-        """Check whether ``ip`` is one of this interface's addresses."""
-        return any(a.ip == ip for a in self.addresses)
+        """Check whether ``ip`` is one of this interface's usable (not tentative) addresses."""
+        return any(a.ip == ip and not a.tentative for a in self.addresses)
+
+    def tentative(self, ip: bytes) -> Address | None:
+        """Return the tentative address ``ip``, if DAD is running for it."""
+        return next((a for a in self.addresses if a.ip == ip and a.tentative), None)
 
     def is_broadcast(self, ip: bytes) -> bool:
         """Check whether ``ip`` is a broadcast address of one of this interface's IPv4 subnets."""

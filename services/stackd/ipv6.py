@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from sandnet_stackd.header import icmpv6, ipv6
 from sandnet_stackd.header.errors import MalformedError, Reason
 from sandnet_stackd.icmp_limit import IcmpRateLimiter
-from sandnet_stackd.interface import Interface
+from sandnet_stackd.interface import Address, Interface
 from sandnet_stackd.network_error import NetworkError
 from sandnet_stackd.reassembly import IPV6_TIMEOUT_SECONDS, Reassembler, Verdict
 from sandnet_stackd.route import Route
@@ -35,6 +35,10 @@ NDP_HOP_LIMIT = 255
 MAX_EXTENSION_HEADERS = 8
 # The metric Linux gives a default route learned from a router advertisement.
 RA_ROUTE_METRIC = 1024
+# RFC 4862 section 5.1 defaults, also Linux's: one DAD probe, then one
+# RetransTimer (1 s) of waiting for a reply.
+DAD_TRANSMITS = 1
+DAD_WAIT_SECONDS = 1.0
 
 ALL_NODES = bytes.fromhex("ff020000000000000000000000000001")
 ALL_ROUTERS = bytes.fromhex("ff020000000000000000000000000002")
@@ -87,6 +91,8 @@ class Ipv6Layer:
         self._limiter = IcmpRateLimiter(network.clock)
         self._ident = int.from_bytes(os.urandom(4), "big")
         self.echo_reply_handler = None
+        # Addresses under DAD: (interface, address) -> time the probe ends.
+        self._dad: dict[tuple[str, bytes], float] = {}
 
     # Input.
 
@@ -121,8 +127,9 @@ class Ipv6Layer:
         if iface.loopback:
             return self.network.is_local(dst)
         if ipv6.is_multicast(dst):
+            # Tentative addresses count, so that another node's DAD probe arrives.
             return dst in (ALL_NODES, INTERFACE_LOCAL_ALL_NODES) or any(
-                dst == ipv6.solicited_node(address.ip) for address in iface.ipv6_addresses())
+                dst == ipv6.solicited_node(address.ip) for address in iface.addresses if len(address.ip) == 16)
         return iface.owns(dst)
 
     def _walk(self, iface: Interface, header: ipv6.Ipv6Repr, packet: bytes, checksum_valid: bool,
@@ -269,8 +276,9 @@ class Ipv6Layer:
         self._walk(first.iface, rebuilt, whole, False, link_multicast, reassembled=True)
 
     def on_timer(self) -> None:
-        """Expire reassembly queues; each expired datagram whose first fragment arrived gets
-        ICMPv6 time exceeded (RFC 8200 section 4.5)."""
+        """Finish duplicate address detection and expire reassembly queues. Each expired
+        datagram whose first fragment arrived gets ICMPv6 time exceeded (RFC 8200 section 4.5)."""
+        self._finish_dad()
         for first in self._reassembler.expire():
             self.counters.ReasmTimeout += 1
             self.counters.ReasmFails += 1
@@ -377,6 +385,9 @@ class Ipv6Layer:
             if solicited and ipv6.is_multicast(info.dst):
                 ndp_counters.InInvalid += 1
                 return
+            if iface.tentative(ndp.target):
+                self._dad_failed(iface, ndp.target, f"neighbor advertisement from {_fmt(info.src)}")
+                return
             if iface.owns(ndp.target):
                 log.warning("neighbor advertisement from %s claims our address %s on %s", _fmt(info.src),
                             _fmt(ndp.target), iface.name)
@@ -392,6 +403,10 @@ class Ipv6Layer:
         from_unspecified = ipv6.is_unspecified(info.src)
         if from_unspecified and (ndp.link_address or info.dst != ipv6.solicited_node(ndp.target)):
             self.network.counters.ndp6.InInvalid += 1
+            return
+        if from_unspecified and iface.tentative(ndp.target):
+            # Another node probes the same tentative address (RFC 4862 section 5.4.3).
+            self._dad_failed(iface, ndp.target, "a duplicate address detection probe from another node")
             return
         if not iface.owns(ndp.target):
             return
@@ -468,7 +483,14 @@ class Ipv6Layer:
         return addresses[0].ip if addresses else UNSPECIFIED
 
     def announce(self, iface: Interface) -> None:
-        """Join the solicited-node groups with an MLD report and solicit routers, as Linux does on link up."""
+        """Join the solicited-node groups with an MLD report and solicit routers, as Linux does on link up.
+
+        An interface without a link-local address gets one from its MAC
+        (RFC 4291 appendix A), under duplicate address detection.
+        """
+        if not iface.loopback and iface.mac and not any(
+                ipv6.is_link_local(a.ip) for a in iface.addresses if len(a.ip) == 16):
+            self._start_dad(iface, _link_local_from_mac(iface.mac))
         self.send_mld_report(iface)
         source = self._link_source(iface, ALL_ROUTERS)
         solicitation = icmpv6.build(source, ALL_ROUTERS, icmpv6.TYPE_ROUTER_SOLICITATION, 0, 0,
@@ -477,13 +499,52 @@ class Ipv6Layer:
         self.icmp_counters.OutMsgs += 1
         self.send_link(iface, source, ALL_ROUTERS, solicitation)
 
+    # Duplicate address detection (RFC 4862 section 5.4).
+
+    def _start_dad(self, iface: Interface, ip: bytes) -> None:
+        """Add ``ip`` as a tentative address and send the DAD probe: an NS from ::."""
+        iface.addresses.append(Address(ip, 64, scope="link", tentative=True))
+        self._dad[(iface.name, ip)] = self.network.clock() + DAD_TRANSMITS * DAD_WAIT_SECONDS
+        group = ipv6.solicited_node(ip)
+        self.icmp_counters.OutMsgs += 1
+        self.icmp_counters.OutNeighborSolicits += 1
+        self.send_link(iface, UNSPECIFIED, group, icmpv6.build_neighbor_solicitation(UNSPECIFIED, group, ip, iface.mac))
+        log.info("duplicate address detection started for %s on %s", _fmt(ip), iface.name)
+
+    def _dad_failed(self, iface: Interface, ip: bytes, reason: str) -> None:
+        """Drop a tentative address that another node uses, as Linux marks it dadfailed."""
+        self._dad.pop((iface.name, ip), None)
+        iface.addresses = [a for a in iface.addresses if not (a.ip == ip and a.tentative)]
+        self.network.counters.ndp6.DadFailures += 1
+        log.warning("duplicate address detection failed for %s on %s: %s; the address is not used",
+                    _fmt(ip), iface.name, reason)
+
+    def _finish_dad(self) -> None:
+        """Make every tentative address whose probe went unanswered usable, with its link-local route."""
+        now = self.network.clock()
+        for (name, ip), deadline in list(self._dad.items()):
+            if now < deadline:
+                continue
+            del self._dad[(name, ip)]
+            iface = self.network.interfaces.get(name)
+            address = iface.tentative(ip) if iface is not None else None
+            if address is None:
+                continue
+            address.tentative = False
+            self.network.add_connected_route(iface, address)
+            log.info("duplicate address detection passed for %s on %s", _fmt(ip), name)
+
     def send_mld_report(self, iface: Interface) -> None:
-        """Report the groups this interface joined: the solicited-node group of each address (RFC 3810)."""
-        addresses = iface.ipv6_addresses()
+        """Report the groups this interface joined: the solicited-node group of each address (RFC 3810).
+
+        Tentative addresses count, because DAD needs their group joined first
+        (RFC 4862 section 5.4.2).
+        """
+        addresses = [a for a in iface.addresses if len(a.ip) == 16]
         if iface.loopback or not addresses:
             return
         groups = sorted({ipv6.solicited_node(a.ip) for a in addresses})
-        link_local = [a.ip for a in addresses if ipv6.is_link_local(a.ip)]
+        link_local = [a.ip for a in addresses if ipv6.is_link_local(a.ip) and not a.tentative]
         source = link_local[0] if link_local else UNSPECIFIED
         report = icmpv6.build_mld_report(source, groups)
         payload = ipv6.build_hop_by_hop_router_alert(ipv6.NEXT_HEADER_ICMPV6) + report
@@ -648,6 +709,12 @@ def _quotes_icmp_error(packet: bytes) -> bool:
     if next_header != ipv6.NEXT_HEADER_ICMPV6 or len(view) <= offset:
         return False
     return icmpv6.is_error(view[offset]) or view[offset] == icmpv6.TYPE_REDIRECT
+
+
+def _link_local_from_mac(mac: bytes) -> bytes:
+    """Return fe80:: with the modified EUI-64 interface identifier of ``mac`` (RFC 4291 appendix A)."""
+    identifier = bytes((mac[0] ^ 0x02,)) + mac[1:3] + b"\xff\xfe" + mac[3:6]
+    return bytes.fromhex("fe80000000000000") + identifier
 
 
 def _fmt(ip: bytes) -> str:

@@ -95,6 +95,7 @@ class LinkClient:
         self._pending_ready = asyncio.Event()
         self._connected = False
         self.iface: Interface | None = None
+        self._offloads = DeviceOffloads()
         self._malformed_logged = 0
 
     def transmit(self, frame: bytes, offload: FrameOffload | None = None) -> None:
@@ -122,10 +123,10 @@ class LinkClient:
         self.iface, routes = config_to_interface(config)
         self.iface.transmit = self.transmit
         self.stack.attach(self.iface, routes)
-        offloads = config_to_offloads(config)
-        self.stack.network.set_offloads(self.iface.name, offloads)
+        self._offloads = config_to_offloads(config)
+        self.stack.network.set_offloads(self.iface.name, self._offloads)
         log.info("device offloads from linkd: checksum %s, largest GSO packet %d bytes",
-                 "on" if offloads.checksum else "off", offloads.gso_max_size)
+                 "on" if self._offloads.checksum else "off", self._offloads.gso_max_size)
 
     async def run(self) -> None:
         """Stream frames until cancelled, reconnecting with backoff.
@@ -164,6 +165,7 @@ class LinkClient:
     async def _stream(self, channel: grpc.aio.Channel) -> None:
         stub = link_pb2_grpc.LinkStub(channel)
         await channel.channel_ready()
+        await self._check_offloads(stub)
         call = stub.Frames()
         self._connected = True
         log.info("frame stream to linkd at %s attached", self.endpoint)
@@ -179,6 +181,23 @@ class LinkClient:
         finally:
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
+
+    async def _check_offloads(self, stub: link_pb2_grpc.LinkStub) -> None:
+        """Apply the offloads of a restarted linkd to new connections, warning when they changed.
+
+        Connections opened earlier keep the offloads they started with. If
+        linkd no longer takes their checksum or GSO frames, it drops those
+        frames, so such connections stall until they time out.
+        """
+        config = await stub.GetConfig(link_pb2.GetConfigRequest(), timeout=10)
+        offloads = config_to_offloads(config)
+        if offloads == self._offloads:
+            return
+        log.warning("linkd at %s changed its offloads (checksum %s, largest GSO packet %d bytes); "
+                    "connections opened before keep the old ones, so restart stackd if they stall",
+                    self.endpoint, "on" if offloads.checksum else "off", offloads.gso_max_size)
+        self._offloads = offloads
+        self.stack.network.set_offloads(self.iface.name, offloads)
 
     async def _write_loop(self, call) -> None:
         while True:

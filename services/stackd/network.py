@@ -136,19 +136,24 @@ class Network:
         for route in routes:
             self.routes.add(route)
         for address in iface.addresses:
-            bits = len(address.ip) * 8
-            if address.prefix_len >= bits:
-                continue
-            shift = bits - address.prefix_len
-            network = ((int.from_bytes(address.ip, "big") >> shift) << shift).to_bytes(len(address.ip), "big")
-            if any(r.dst == network and r.dst_len == address.prefix_len and not r.gateway for r in routes):
-                continue
-            if len(address.ip) == 4:
-                self.routes.add(Route(family=4, dst=network, dst_len=address.prefix_len, device=iface.name,
-                                      prefsrc=address.ip, scope="link", protocol="kernel"))
-            else:
-                self.routes.add(Route(family=6, dst=network, dst_len=address.prefix_len, device=iface.name,
-                                      metric=256, protocol="kernel"))
+            self.add_connected_route(iface, address)
+
+    def add_connected_route(self, iface: Interface, address: Address) -> None:
+        """Add the route to ``address``'s subnet, as the kernel does, unless one exists."""
+        bits = len(address.ip) * 8
+        if address.prefix_len >= bits:
+            return
+        shift = bits - address.prefix_len
+        network = ((int.from_bytes(address.ip, "big") >> shift) << shift).to_bytes(len(address.ip), "big")
+        if any(r.dst == network and r.dst_len == address.prefix_len and not r.gateway and r.device == iface.name
+               for r in self.routes.routes()):
+            return
+        if len(address.ip) == 4:
+            self.routes.add(Route(family=4, dst=network, dst_len=address.prefix_len, device=iface.name,
+                                  prefsrc=address.ip, scope="link", protocol="kernel"))
+        else:
+            self.routes.add(Route(family=6, dst=network, dst_len=address.prefix_len, device=iface.name,
+                                  metric=256, protocol="kernel"))
 
     def set_offloads(self, name: str, offloads: DeviceOffloads) -> None:
         """Record what the device path of interface ``name`` does for outgoing frames."""

@@ -170,7 +170,7 @@ class SocketsService(sockets_pb2_grpc.SocketsServicer):
 
     async def GetSockOpt(self, request, context):
         try:
-            value = self.stack.lookup(request.fd, _session(context)).get_option(request.level, request.name)
+            value = self.stack.get_option(self.stack.lookup(request.fd, _session(context)), request.level, request.name)
         except SocketError as error:
             return sockets_pb2.GetSockOptReply(errno=error.errno)
         if request.buflen:
@@ -195,7 +195,9 @@ class NetinfoService(sockets_pb2_grpc.NetinfoServicer):
                 index=iface.index, name=iface.name, mac=iface.mac, mtu=iface.mtu, up=iface.up,
                 loopback=iface.loopback,
                 addresses=[types_pb2.InterfaceAddress(ip=a.ip, prefix_len=a.prefix_len, broadcast=a.broadcast,
-                                                      scope=a.scope) for a in iface.addresses]))
+                                                      scope=a.scope)
+                           # NOTE: the reply has no flags field, so tentative addresses are left out.
+                           for a in iface.addresses if not a.tentative]))
         return reply
 
     async def ListRoutes(self, request, context):

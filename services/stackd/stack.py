@@ -17,13 +17,14 @@ import random
 from sandnet_stackd.counters import Counters
 from sandnet_stackd.header import ipv4, ipv6
 from sandnet_stackd.interface import Address, Interface
-from sandnet_stackd.network import IcmpError, Network
+from sandnet_stackd.network import IcmpError, Network, NetworkError
 from sandnet_stackd.route import Route
 from sandnet_stackd.socket_dgram import DatagramLayer, DatagramSocket
 from sandnet_stackd.socket_tcp import TcpLayer, TcpSocket
 from sandnet_stackd.sockets import (
-    AF_INET, AF_INET6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, POLLNVAL, SOCK_DGRAM,
-    SOCK_STREAM, PortSpace, SockAddr, Socket, SocketError, deadline_for, wait_any)
+    AF_INET, AF_INET6, IP_MTU, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP,
+    IPV6_MTU, POLLNVAL, SOCK_DGRAM, SOCK_STREAM, PortSpace, SockAddr, Socket, SocketError, deadline_for, pack_int,
+    wait_any)
 from sandnet_stackd.tcp import IsnGenerator, TcpConfig
 
 log = logging.getLogger("sandnet.stackd")
@@ -193,6 +194,19 @@ class Stack:
             return data, None, 0
         return await self._layer(sock).recv(sock, max_bytes, flags, deadline_for(timeout_ms))
 
+    def get_option(self, sock: Socket, level: int, name: int) -> bytes:
+        """Read a socket option; IP_MTU and IPV6_MTU return the path MTU to a connected peer, as on Linux."""
+        if (level, name) in ((IPPROTO_IP, IP_MTU), (IPPROTO_IPV6, IPV6_MTU)):
+            if level == IPPROTO_IPV6 and sock.family != AF_INET6:
+                raise SocketError(errno.ENOPROTOOPT, "IPV6_MTU needs an AF_INET6 socket")
+            if sock.remote is None:
+                raise SocketError(errno.ENOTCONN, "IP_MTU and IPV6_MTU need a connected socket")
+            try:
+                return pack_int(self.network.path_mtu(sock.remote.ip))
+            except NetworkError as error:
+                raise SocketError(error.errno, str(error)) from None
+        return sock.get_option(level, name)
+
     def shutdown(self, sock: Socket, how: int) -> None:
         if how not in (0, 1, 2):
             raise SocketError(errno.EINVAL, f"shutdown how {how} is not SHUT_RD, SHUT_WR or SHUT_RDWR")
@@ -247,6 +261,8 @@ class Stack:
             if error.hard and not error.mtu:
                 self.udp.icmp_error(error.local, error.local_port, error.remote, error.remote_port, error.errno)
         elif error.protocol == ipv4.PROTO_TCP:
+            # NOTE: unlike Linux, the quoted sequence number is not checked
+            # against the send window, so a forged error with the right ports counts.
             if error.mtu:
                 self.tcp.path_mtu_changed(error.local, error.local_port, error.remote, error.remote_port, error.mtu)
             else:

@@ -25,6 +25,8 @@ from sandnet.client import Client
 pytestmark = pytest.mark.netns
 
 PATH_MTU = 1280
+IP_MTU = 14  # from <linux/in.h> and <linux/in6.h>
+IPV6_MTU = 24
 TRANSFER_BYTES = 20 * 1024 * 1024
 
 # Peer programs, each on [::] so that both families reach them; they print "ready".
@@ -162,9 +164,11 @@ def test_tcp_discovers_path_mtu_and_finishes_transfer(routed, family):
         conn.shutdown(ssock.SHUT_WR)
         out, err = peer.communicate(timeout=180)
         elapsed = time.monotonic() - started
+        level, option = (ssock.IPPROTO_IP, IP_MTU) if family == ssock.AF_INET else (ssock.IPPROTO_IPV6, IPV6_MTU)
+        path_mtu = conn.getsockopt(level, option)
         conn.close()
         assert out.split() == [str(TRANSFER_BYTES), hashlib.sha256(data).hexdigest()], err
-        # The connection's MSS fell to what fits the path.
+        assert path_mtu == PATH_MTU
         header = 40 if family == ssock.AF_INET else 60
         print(f"{TRANSFER_BYTES} bytes over a {PATH_MTU}-byte path MTU in {elapsed:.1f} s "
               f"(MSS {PATH_MTU - header})")

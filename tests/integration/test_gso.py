@@ -2,7 +2,7 @@
 
 Each test runs linkd, stackd and sockd, moves data both ways between the
 sandbox and the Linux kernel in a peer namespace, and checks linkd's GSO
-counters and the frame sizes that a packet socket on the peer's veth sees.
+counters and the frame sizes that a packet socket on the peer's veth receives.
 The kernel passes GSO frames across veth and bridges without cutting them,
 so a frame over the MTU there is one that the stack emitted as a GSO frame.
 """
@@ -16,6 +16,7 @@ import secrets
 import subprocess
 import sys
 import tempfile
+import time
 
 import grpc
 import pytest
@@ -98,7 +99,7 @@ LABS = {"veth": veth_lab, "tap": tap_lab}
 
 @contextlib.contextmanager
 def sandbox_services(lab: str, gso: str):
-    """Start linkd with ``--gso=GSO``, stackd and sockd on a lab; yield (lab tuple, client, linkd stub)."""
+    """Start linkd with ``--gso=GSO``, stackd and sockd on a lab; yield (lab tuple, client, linkd stub, linkd process)."""
     with LABS[lab]() as env, tempfile.TemporaryDirectory(prefix="sn") as tmp:
         sandbox, device = env[0], env[1]
         paths = [os.path.join(tmp, name) for name in ("linkd.sock", "stackd.sock", "sockd.sock")]
@@ -153,7 +154,7 @@ def link_stats(stub: link_pb2_grpc.LinkStub) -> link_pb2.LinkStats:
 @pytest.mark.parametrize("lab", ["veth", "tap"])
 def test_gso_frames_emitted_and_accepted(lab):
     with sandbox_services(lab, "true") as (env, client, stub, linkd):
-        sandbox, _, peer, peer_if, peer_ip, sandbox_ip = env
+        _, _, peer, peer_if, peer_ip, sandbox_ip = env
         config = stub.GetConfig(link_pb2.GetConfigRequest(), timeout=10)
         assert config.offloads.vnet_header
         assert config.offloads.tso4
@@ -175,7 +176,7 @@ def test_gso_frames_emitted_and_accepted(lab):
 @pytest.mark.parametrize("lab", ["veth", "tap"])
 def test_gso_false_frames_within_mtu(lab):
     with sandbox_services(lab, "false") as (env, client, stub, linkd):
-        sandbox, _, peer, peer_if, peer_ip, sandbox_ip = env
+        _, _, peer, peer_if, peer_ip, sandbox_ip = env
         config = stub.GetConfig(link_pb2.GetConfigRequest(), timeout=10)
         assert not config.offloads.vnet_header
         assert config.offloads.max_frame_size == MTU + ETHERNET_HEADER_SIZE
@@ -194,7 +195,7 @@ def test_gso_false_frames_within_mtu(lab):
 @pytest.mark.parametrize("lab", ["veth", "tap"])
 def test_software_gso_cuts_frames(lab):
     with sandbox_services(lab, "software") as (env, client, stub, linkd):
-        sandbox, _, peer, peer_if, peer_ip, sandbox_ip = env
+        _, _, peer, peer_if, peer_ip, sandbox_ip = env
         config = stub.GetConfig(link_pb2.GetConfigRequest(), timeout=10)
         assert not config.offloads.vnet_header
         assert config.offloads.software_gso
@@ -280,3 +281,63 @@ def test_gso_flag_rejects_unknown_value():
     assert result.returncode == 2
     assert "'maybe'" in result.stderr
     assert "true, software, false" in result.stderr
+
+
+def test_linkd_restart_with_other_offloads_warns():
+    with netlab.topology() as topo, tempfile.TemporaryDirectory(prefix="sn") as tmp:
+        link_path, stack_path = f"{tmp}/linkd.sock", f"{tmp}/stackd.sock"
+        with netlab.start_linkd(topo.sandbox, f"veth:{topo.sandbox_if}", link_path, gso=True) as first:
+            stackd = netlab.start_stackd(link_path, stack_path)
+            with stackd:
+                first.stop()
+                with netlab.start_linkd(topo.sandbox, f"veth:{topo.sandbox_if}", link_path, gso=False):
+                    deadline = time.monotonic() + 30
+                    while "changed its offloads" not in stackd.log_text() and time.monotonic() < deadline:
+                        time.sleep(0.2)
+                    log = stackd.log_text()
+        assert "largest GSO packet 65535 bytes" in log
+        assert "changed its offloads (checksum off, largest GSO packet 0 bytes)" in log
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+def test_slow_reader_applies_back_pressure():
+    """A reader that stalls closes the TCP window: the GRO path queues no more than the receive buffer."""
+    size = 64 * 1024 * 1024
+    with veth_lab() as env, tempfile.TemporaryDirectory(prefix="sn") as tmp:
+        sandbox, device, peer, _, peer_ip, _ = env
+        paths = [os.path.join(tmp, name) for name in ("linkd.sock", "stackd.sock", "sockd.sock")]
+        with netlab.start_linkd(sandbox, device, paths[0]), netlab.start_stackd(paths[0], paths[1]) as stackd, \
+                netlab.start_sockd(paths[1], paths[2]), grpc.insecure_channel(f"unix:{paths[0]}") as channel:
+            stub = link_pb2_grpc.LinkStub(channel)
+            client = Client(f"unix:{paths[2]}")
+            try:
+                proc = peer_tool(peer, "source", 9306, size, 9)
+                conn = ssock.socket(client=client)
+                conn.settimeout(60)
+                conn.connect((peer_ip, 9306))
+                # Frames that arrived before stackd attached were dropped, so count from here.
+                dropped_before = link_stats(stub).rx_dropped
+                rss_before = rss_bytes(stackd.pid)
+                time.sleep(3)
+                rss_stalled = rss_bytes(stackd.pid)
+
+                digest, length = hashlib.sha256(), 0
+                while chunk := conn.recv(1 << 20):
+                    digest.update(chunk)
+                    length += len(chunk)
+                conn.close()
+            finally:
+                client.close()
+            dropped_after = link_stats(stub).rx_dropped
+
+        assert length == size
+        assert digest.hexdigest() == proc.communicate(timeout=60)[0].strip()
+        assert rss_stalled - rss_before < 16 * 1024 * 1024
+        assert dropped_after == dropped_before

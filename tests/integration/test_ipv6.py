@@ -376,3 +376,31 @@ def test_v6only_wildcard_coexists_with_ipv4_wildcard(sandbox):
     only6.listen(1)
     for s in (only6, ipv4_listener):
         s.close()
+
+
+def test_create_server_dualstack_accepts_ipv4(sandbox):
+    assert ssock.has_dualstack_ipv6()
+    server = ssock.create_server(("::", 8084), family=ssock.AF_INET6, dualstack_ipv6=True, client=sandbox.client)
+    server.settimeout(20)
+    curl = sandbox.topo.peer.popen("curl", "-sS", "--max-time", "20", f"http://{sandbox.topo.sandbox_ip}:8084/",
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    conn, peer = server.accept()
+    with conn:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += conn.recv(4096)
+        conn.sendall(HTTP_REPLY % (3, b"ok\n"))
+    out, err = curl.communicate(timeout=30)
+    server.close()
+    assert out == "ok\n", err
+    assert peer[0] == f"::ffff:{sandbox.topo.peer_ip}"
+
+
+def test_ss_lists_ipv6_listener(sandbox):
+    listener = sock6(sandbox)
+    listener.bind(("::", 8085))
+    listener.listen(1)
+    result = cli(sandbox, "ss")
+    listener.close()
+    assert result.returncode == 0, result.stderr
+    assert "[::]:8085" in result.stdout

@@ -1,10 +1,11 @@
-"""Packet-level IPv6 scenarios: extension headers, fragments and Neighbor
-Discovery, each run against sandnet and against the Linux kernel.
+"""Packet-level scenarios: IPv6 extension headers, fragments of both
+families and Neighbor Discovery, each run against sandnet and against the
+Linux kernel.
 
 A tester process in a namespace of its own writes hand-built Ethernet frames
 to the device under test (DUT) through an AF_PACKET socket and reports the
-ICMPv6 messages that come back. It replies to the DUT's neighbor
-solicitations for its own addresses, so the DUT can reach it. Each scenario uses a source
+ICMP and ICMPv6 messages that come back. It replies to the DUT's neighbor
+solicitations and ARP requests for its own addresses, so the DUT can reach it. Each scenario uses a source
 address of its own, so per-destination ICMPv6 rate limits never interfere.
 """
 
@@ -15,6 +16,7 @@ import os
 import struct
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -24,6 +26,7 @@ from sandnet.client import Client
 pytestmark = pytest.mark.netns
 
 TESTER_MAC = bytes.fromhex("020000007777")
+DUT_IP4 = bytes([10, 94, 0, 2])
 ECHO_REQUEST, ECHO_REPLY = 128, 129
 PARAMETER_PROBLEM, PACKET_TOO_BIG = 4, 2
 NEIGHBOR_SOLICITATION, NEIGHBOR_ADVERTISEMENT = 135, 136
@@ -53,7 +56,12 @@ def advertise(target, dst):
     header = struct.pack("!IHBB", 0x60000000, len(body), 58, 255) + target + dst
     return dut_mac + TESTER_MAC + b"\x86\xdd" + header + body
 
-sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x86DD))
+def arp_reply(request):
+    sender_mac, sender_ip, target_ip = request[8:14], request[14:18], request[24:28]
+    body = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 2) + TESTER_MAC + target_ip + sender_mac + sender_ip
+    return sender_mac + TESTER_MAC + b"\x08\x06" + body
+
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
 sock.bind((ifname, 0))
 sock.settimeout(0.05)
 for frame in frames:
@@ -65,9 +73,20 @@ while time.monotonic() < deadline:
         frame, address = sock.recvfrom(65535)
     except socket.timeout:
         continue
-    if address[2] == socket.PACKET_OUTGOING or frame[12:14] != b"\x86\xdd" or frame[6:12] != dut_mac:
+    if address[2] == socket.PACKET_OUTGOING or frame[6:12] != dut_mac:
         continue
-    packet = frame[14:]
+    ethertype, packet = frame[12:14], frame[14:]
+    if ethertype == b"\x08\x06" and packet[6:8] == b"\x00\x01" and packet[24:28] in mine:
+        sock.send(arp_reply(packet))
+        continue
+    if ethertype == b"\x08\x00" and packet[9] == 1:
+        header_length = (packet[0] & 0x0F) * 4
+        kind, code, _, rest = struct.unpack_from("!BBHI", packet, header_length)
+        seen.append({"family": 4, "type": kind, "code": code, "rest": rest, "src": packet[12:16].hex(),
+                     "length": len(packet) - header_length})
+        continue
+    if ethertype != b"\x86\xdd":
+        continue
     next_header, offset = packet[6], 40
     while next_header in (0, 43, 60):
         next_header, offset = packet[offset], offset + (packet[offset + 1] + 1) * 8
@@ -78,7 +97,7 @@ while time.monotonic() < deadline:
     target = packet[offset + 8:offset + 24].hex() if kind in (135, 136) else ""
     if kind == 135 and bytes.fromhex(target) in mine:
         sock.send(advertise(bytes.fromhex(target), src))
-    seen.append({"type": kind, "code": code, "rest": rest, "src": src.hex(), "dst": dst.hex(), "target": target,
+    seen.append({"family": 6, "type": kind, "code": code, "rest": rest, "src": src.hex(), "dst": dst.hex(), "target": target,
                  "flags": rest >> 29 if kind == 136 else 0, "length": len(packet) - offset})
 print(json.dumps(seen))
 """
@@ -98,10 +117,15 @@ class Dut:
         self.prefix = prefix
         self.client = client
         self._sources = iter(range(0x100, 0x10000))
+        self._sources4 = iter(range(10, 250))
 
     def new_source(self) -> bytes:
         """Return a tester address that no earlier scenario used."""
         return self.prefix[:8] + bytes(6) + next(self._sources).to_bytes(2, "big")
+
+    def new_source4(self) -> bytes:
+        """Return a tester IPv4 address that no earlier scenario used."""
+        return DUT_IP4[:3] + bytes((next(self._sources4),))
 
     def exchange(self, frames: list[bytes], sources: list[bytes], wait: float = 1.5) -> list[dict]:
         """Send ``frames``; return the ICMPv6 messages the DUT sent in ``wait`` seconds."""
@@ -133,6 +157,7 @@ def linux_dut():
         netlab.veth_pair(dut_ns, dut_if, tester, tester_if)
         tester.run("sysctl", "-qw", f"net.ipv6.conf.{tester_if}.disable_ipv6=1")
         dut_ns.run("ip", "-6", "addr", "add", "fd00:5e::2/64", "dev", dut_if, "nodad")
+        dut_ns.run("ip", "addr", "add", "10.94.0.2/24", "dev", dut_if)
         mac = bytes.fromhex(dut_ns.run("cat", f"/sys/class/net/{dut_if}/address").stdout.strip().replace(":", ""))
         yield Dut("linux", tester, tester_if, mac, bytes.fromhex("fd00005e" + "00" * 11 + "02"),
                   bytes.fromhex("fd00005e" + "00" * 12), ns=dut_ns)
@@ -146,6 +171,7 @@ def sandnet_dut():
         netlab.veth_pair(sandbox, sandbox_if, tester, tester_if)
         tester.run("sysctl", "-qw", f"net.ipv6.conf.{tester_if}.disable_ipv6=1")
         sandbox.run("ip", "-6", "addr", "add", "fd00:5e::2/64", "dev", sandbox_if, "nodad")
+        sandbox.run("ip", "addr", "add", "10.94.0.2/24", "dev", sandbox_if)
         mac = bytes.fromhex(sandbox.run("cat", f"/sys/class/net/{sandbox_if}/address").stdout.strip().replace(":", ""))
         link_path, stack_path, sockd_path = (os.path.join(workdir, n) for n in ("linkd.sock", "stackd.sock", "sockd.sock"))
         with netlab.start_linkd(sandbox, f"veth:{sandbox_if}", link_path) as linkd, \
@@ -218,8 +244,34 @@ def fragments(src: bytes, dst: bytes, next_header: int, payload: bytes, size: in
     return packets
 
 
-def only(messages: list[dict], kind: int) -> list[dict]:
-    return [m for m in messages if m["type"] == kind]
+def only(messages: list[dict], kind: int, family: int = 6) -> list[dict]:
+    return [m for m in messages if m["type"] == kind and m["family"] == family]
+
+
+def ipv4_checksum(data: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data + b"\0" * (len(data) % 2)))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def icmp_echo4(seq: int = 1, size: int = 1200) -> bytes:
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    message = struct.pack("!BBHI", 8, 0, 0, 0x5A5A0000 | seq) + data
+    return message[:2] + struct.pack("!H", ipv4_checksum(message)) + message[4:]
+
+
+def ipv4_fragment(dut: Dut, src: bytes, ident: int, offset: int, more: bool, data: bytes) -> bytes:
+    """Build an Ethernet frame with one IPv4 fragment of an ICMP datagram."""
+    flags = (offset // 8) | (0x2000 if more else 0)
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(data), ident, flags, 64, 1, 0, src, DUT_IP4)
+    header = header[:10] + struct.pack("!H", ipv4_checksum(header)) + header[12:]
+    return dut.mac + TESTER_MAC + b"\x08\x00" + header + data
+
+
+def ipv4_fragments(dut: Dut, src: bytes, ident: int, message: bytes, size: int) -> list[bytes]:
+    return [ipv4_fragment(dut, src, ident, offset, offset + size < len(message), message[offset:offset + size])
+            for offset in range(0, len(message), size)]
 
 
 # Scenarios.
@@ -379,7 +431,7 @@ def test_fragment_not_multiple_of_eight_gets_parameter_problem(dut):
 
 def test_extension_header_chain_longer_than_eight_is_dropped(dut):
     # sandnet drops chains of more than eight extension headers. Linux has no
-    # such limit and answers; the scenario records that difference.
+    # such limit and replies; the scenario records that difference.
     src = dut.new_source()
     chain = echo_request(src, dut.ip6)
     next_header = ICMPV6
@@ -405,8 +457,8 @@ def test_router_advertisement_sets_default_route(dut):
 
 
 def test_mld_query_gets_report(dut):
-    # RFC 3810 section 6.2: a general query is answered with a report of the
-    # groups joined, among them the solicited-node group of each address.
+    # RFC 3810 section 6.2: a general query draws a report of the groups
+    # joined, among them the solicited-node group of each address.
     router = bytes.fromhex("fe80000000000000" + "0000000000007778")
     all_nodes = bytes.fromhex("ff020000000000000000000000000001")
     query = icmpv6(router, all_nodes, 130, 1 << 16, bytes(16) + bytes((2, 125, 0, 0)))  # max response 1 ms
@@ -416,3 +468,106 @@ def test_mld_query_gets_report(dut):
     reports = only(messages, 143)
     assert reports, messages
     assert reports[0]["rest"] & 0xFFFF >= 1
+
+
+def test_ipv4_fragments_out_of_order_are_reassembled(dut):
+    src = dut.new_source4()
+    sent = ipv4_fragments(dut, src, 0x2001, icmp_echo4(), 400)[::-1]
+    replies = only(dut.exchange(sent, [src]), 0, family=4)
+    assert len(replies) == 1
+    assert replies[0]["length"] == 8 + 1200
+
+
+def test_ipv4_duplicate_fragment_is_ignored(dut):
+    src = dut.new_source4()
+    pieces = ipv4_fragments(dut, src, 0x2002, icmp_echo4(), 400)
+    sent = [pieces[0], pieces[1], pieces[1], pieces[2], pieces[3]]
+    assert len(only(dut.exchange(sent, [src]), 0, family=4)) == 1
+
+
+def test_ipv4_overlapping_fragments_drop_the_datagram(dut):
+    # Linux (since 4.19) and sandnet both discard an IPv4 datagram whose fragments overlap.
+    src = dut.new_source4()
+    message = icmp_echo4()
+    pieces = ipv4_fragments(dut, src, 0x2003, message, 400)
+    overlap = ipv4_fragment(dut, src, 0x2003, 200, True, message[200:600])
+    sent = [pieces[0], overlap] + pieces[1:]
+    messages = dut.exchange(sent, [src], wait=1.0)
+    assert only(messages, 0, family=4) == []
+
+
+def test_ipv4_fragment_past_65535_bytes_is_dropped(dut):
+    src = dut.new_source4()
+    sent = [ipv4_fragment(dut, src, 0x2004, 0, True, icmp_echo4(size=392)),
+            ipv4_fragment(dut, src, 0x2004, 65512, False, bytes(40))]
+    messages = dut.exchange(sent, [src], wait=1.0)
+    assert only(messages, 0, family=4) == []
+
+
+SANDBOX_MAC = bytes.fromhex("0200005e0002")
+
+
+def eui64_link_local(mac: bytes) -> str:
+    """Return the link-local address with the modified EUI-64 identifier of ``mac`` (RFC 4291 appendix A)."""
+    identifier = bytes((mac[0] ^ 0x02,)) + mac[1:3] + b"\xff\xfe" + mac[3:6]
+    return str(ipaddress.ip_address(bytes.fromhex("fe80000000000000") + identifier))
+
+
+@contextlib.contextmanager
+def sandbox_without_link_local(peer_link_local: str | None = None):
+    """Run sandnet on a veth with MAC SANDBOX_MAC that the kernel gave no
+    link-local address, so the stack configures one itself. The peer gets
+    ``peer_link_local`` first, when given."""
+    with netlab.Netns() as sandbox, netlab.Netns() as peer, \
+            tempfile.TemporaryDirectory(prefix="sandnet-") as workdir:
+        sandbox.run("sysctl", "-qw", "net.ipv6.conf.default.addr_gen_mode=1")  # 1: no link-local address
+        sandbox_if, peer_if = netlab.unique_name("sns"), netlab.unique_name("snp")
+        netlab.veth_pair(sandbox, sandbox_if, peer, peer_if)
+        sandbox.run("ip", "link", "set", "dev", sandbox_if, "address", SANDBOX_MAC.hex(":"))
+        sandbox.run("ip", "-6", "addr", "add", "fd00:5e::2/64", "dev", sandbox_if, "nodad")
+        if peer_link_local:
+            peer.run("ip", "-6", "addr", "add", f"{peer_link_local}/64", "dev", peer_if, "nodad")
+        link_path, stack_path, sockd_path = (os.path.join(workdir, n) for n in ("linkd.sock", "stackd.sock", "sockd.sock"))
+        with netlab.start_linkd(sandbox, f"veth:{sandbox_if}", link_path), \
+                netlab.start_stackd(link_path, stack_path) as stackd, \
+                netlab.start_sockd(stack_path, sockd_path):
+            client = Client(f"unix:{sockd_path}")
+            try:
+                yield client, peer, peer_if
+            finally:
+                client.close()
+                print(stackd.log_text())
+
+
+def link_local_addresses(client: Client) -> list[str]:
+    nic = client.info("ListInterfaces").interfaces[1]
+    return [str(ipaddress.ip_address(a.ip)) for a in nic.addresses if a.ip[:2] == b"\xfe\x80"]
+
+
+def counter_value(client: Client, name: str) -> int:
+    return next((c.value for c in client.info("GetCounters").counters if c.name == name), 0)
+
+
+def test_self_configured_link_local_passes_dad():
+    # RFC 4862 section 5.4: the address takes traffic once its probe went unanswered for 1 s.
+    expected = eui64_link_local(SANDBOX_MAC)
+    with sandbox_without_link_local() as (client, peer, peer_if):
+        deadline = time.monotonic() + 5
+        while expected not in link_local_addresses(client) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert expected in link_local_addresses(client)
+        result = peer.run("ping", "-6", "-c", "2", "-i", "0.5", "-W", "3", f"{expected}%{peer_if}", check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert counter_value(client, "Ndp6.DadFailures") == 0
+
+
+def test_self_configured_link_local_fails_dad_when_taken():
+    # The peer's kernel already uses the address, so it replies to the DAD probe
+    # with an advertisement, and the stack gives the address up.
+    taken = eui64_link_local(SANDBOX_MAC)
+    with sandbox_without_link_local(peer_link_local=taken) as (client, _, _):
+        deadline = time.monotonic() + 5
+        while counter_value(client, "Ndp6.DadFailures") == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert counter_value(client, "Ndp6.DadFailures") == 1
+        assert taken not in link_local_addresses(client)

@@ -346,9 +346,12 @@ class FakeLink(link_pb2_grpc.LinkServicer):
 
     def Frames(self, request_iterator, context):
         def read_frames():
-            for batch in request_iterator:
-                for frame in batch.frames:
-                    self.dut.receive_frame(bytes(frame.data))
+            try:
+                for batch in request_iterator:
+                    for frame in batch.frames:
+                        self.dut.receive_frame(bytes(frame.data))
+            except grpc.RpcError:
+                pass        # stackd closed the stream: it stopped or reconnects
 
         threading.Thread(target=read_frames, daemon=True).start()
         while context.is_active():

@@ -101,9 +101,10 @@ def test_truncated_header_is_dropped(bench):
 
 
 def test_urgent_flag_data_is_delivered_inline(bench):
-    """RFC 9293 section 3.8.5 and RFC 6093: urgent data is delivered in the stream (sandnet
-    always behaves as SO_OOBINLINE); Linux delivers the rest and keeps the last byte out of band
-    unless SO_OOBINLINE is set, so this scenario sets it on both."""
+    """RFC 9293 section 3.8.5 and RFC 6093: urgent data is delivered in the stream.
+
+    sandnet always behaves as with SO_OOBINLINE. Linux keeps the last urgent byte
+    out of band unless SO_OOBINLINE is set, so this scenario sets it on both."""
     peer, conn = bench.established()
     conn.setsockopt(1, 10, 1)           # SO_OOBINLINE
     peer.send_data(b"urgent!", flags=ACK | PSH | 0x20)

@@ -69,8 +69,9 @@ def test_fin_wait_2_fin_gets_ack(bench):
 
 
 def test_simultaneous_close(bench):
-    """RFC 9293 figure 13: a FIN received in FIN-WAIT-1 before our FIN is acknowledged is
-    acknowledged (CLOSING); the ACK of our FIN then leads to TIME-WAIT."""
+    """RFC 9293 figure 13: a FIN that arrives in FIN-WAIT-1 is acknowledged (CLOSING).
+
+    The ACK of our own FIN then leads to TIME-WAIT."""
     peer, conn = bench.established()
     fin = close_from_dut(peer, conn)
     peer.send_data(b"", flags=ACK | FIN)          # acknowledges nothing of the DUT's FIN

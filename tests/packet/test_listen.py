@@ -4,7 +4,7 @@ from bench import ACK, PSH, SYN, option_mss
 
 
 def test_accept_queue_full_drops_syn(bench):
-    """Linux (inet_csk_reqsk_queue / sk_acceptq_is_full): with listen(1) and nobody calling accept,
+    """Linux (inet_csk_reqsk_queue / sk_acceptq_is_full): with listen(1) and no accept() call,
     backlog + 1 connections complete; a further SYN is dropped, so the peer retries later."""
     listener, port = bench.listener(backlog=1)
     for _ in range(2):

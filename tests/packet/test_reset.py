@@ -124,8 +124,10 @@ def test_rst_in_time_wait_closes_it_quietly(bench):
 
 
 def test_challenge_acks_are_rate_limited(bench):
-    """RFC 5961 section 7: challenge ACKs are rate limited; like Linux (tcp_invalid_ratelimit,
-    500 ms per socket) a second in-window RST right after the first gets no second ACK."""
+    """RFC 5961 section 7: challenge ACKs are rate limited.
+
+    As in Linux (tcp_invalid_ratelimit, 500 ms per socket), a second in-window RST
+    right after the first gets no second ACK."""
     peer, conn = bench.established()
     peer.send(RST | ACK, seq=peer.snd_nxt + 100)
     peer.send(RST | ACK, seq=peer.snd_nxt + 200)

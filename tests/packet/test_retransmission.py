@@ -86,3 +86,23 @@ def test_zero_window_probes(bench):
     peer.send(ACK, window=8192)
     data = peer.expect(lambda s: s.payload, timeout=5, description="data after the window opened")
     assert data.payload.endswith(b"window")
+
+
+def test_tail_loss_probe_resends_last_segment(bench):
+    """RFC 8985 section 7: when the ACKs stop with several segments in flight and nothing new to
+    send, the first retransmission is a probe of the last segment, not the RTO's first segment."""
+    peer, conn = bench.established(options=option_mss(1000) + option_wscale(7) + option_sack_permitted())
+    conn.sendall(b"t" * 3000)
+    segments = data_segments(peer, 3)
+    probe = peer.expect(lambda s: s.payload, timeout=3, description="tail loss probe")
+    assert probe.seq == segments[-1].seq
+
+
+def test_no_tail_loss_probe_without_sack(bench):
+    """RFC 8985 section 1 and Linux's tcp_schedule_loss_probe: without SACK there is no probe, so
+    the first retransmission is the RTO's, of the first unacknowledged segment."""
+    peer, conn = bench.established(options=option_mss(1000) + option_wscale(7))
+    conn.sendall(b"n" * 3000)
+    segments = data_segments(peer, 3)
+    again = peer.expect(lambda s: s.payload, timeout=3, description="retransmission")
+    assert again.seq == segments[0].seq

@@ -110,9 +110,10 @@ def test_zero_window_advertised_when_buffer_full(bench):
 
 
 def test_large_out_of_order_run_does_not_stall(bench):
-    """RFC 9293 section 3.10.7.4: out-of-order data up to the window is kept; 40 segments (well over
-    25% of the receive buffer) held behind one hole are all delivered once the hole fills, and the
-    cumulative ACK covers them, so the connection does not stall."""
+    """RFC 9293 section 3.10.7.4: out-of-order data up to the window is kept, without a stall.
+
+    40 segments wait behind one hole, well over 25% of the receive buffer. Once the
+    hole fills, all are delivered and one cumulative ACK covers them."""
     peer, conn = bench.established(options=option_mss(1000) + option_wscale(7))
     start = peer.snd_nxt
     chunks = [bytes([48 + index % 10]) * 1000 for index in range(41)]

@@ -245,3 +245,59 @@ def test_router_advertisement_sets_default_route_and_mtu(harness):
     assert [(r.gateway, r.protocol) for r in defaults] == [(router, "ra")]
     assert harness.iface.ipv6_mtu == 1400
     assert harness.network.path_mtu(bytes.fromhex("2001db80000000000000000000000001")) == 1400
+
+
+def dad_probes(harness) -> list[icmpv6.Icmpv6Repr]:
+    probes = []
+    for frame in harness.sent:
+        eth, payload = ethernet.parse(frame)
+        if eth.ethertype != ethernet.ETHERTYPE_IPV6:
+            continue
+        header, body = ipv6.parse(payload)
+        if header.next_header == ipv6.NEXT_HEADER_ICMPV6 and ipv6.is_unspecified(header.src):
+            message = icmpv6.parse(body, header.src, header.dst)
+            if message.type == icmpv6.TYPE_NEIGHBOR_SOLICITATION:
+                probes.append(message)
+    return probes
+
+
+LINK_LOCAL = bytes.fromhex("fe80000000000000" + "000000fffe000002")  # from OUR_MAC by modified EUI-64
+
+
+def test_link_local_from_mac_passes_dad(harness):
+    harness.network.announce(harness.iface)
+
+    probes = dad_probes(harness)
+    assert len(probes) == 1
+    assert icmpv6.parse_ndp(probes[0]).target == LINK_LOCAL
+    assert not harness.iface.owns(LINK_LOCAL)
+
+    harness.clock.now += 1.1
+    harness.network.on_timer()
+
+    assert harness.iface.owns(LINK_LOCAL)
+    assert any(r.dst_len == 64 and r.dst[:2] == b"\xfe\x80" for r in harness.network.routes.routes())
+
+
+def test_advertisement_for_tentative_address_fails_dad(harness):
+    harness.network.announce(harness.iface)
+    all_nodes = bytes.fromhex("ff020000000000000000000000000001")
+    advertisement = icmpv6.build_neighbor_advertisement(PEER_IP6, all_nodes, LINK_LOCAL, PEER_MAC,
+                                                        icmpv6.NA_FLAG_OVERRIDE)
+    packet = ipv6.build(PEER_IP6, all_nodes, ipv6.NEXT_HEADER_ICMPV6, advertisement, hop_limit=255)
+    harness.network.receive_frame(harness.iface, ethernet.build(b"\x33\x33\x00\x00\x00\x01", PEER_MAC,
+                                                                ethernet.ETHERTYPE_IPV6, packet), False)
+
+    harness.clock.now += 1.1
+    harness.network.on_timer()
+
+    assert not harness.iface.owns(LINK_LOCAL)
+    assert harness.iface.tentative(LINK_LOCAL) is None
+    assert harness.counters.ndp6.DadFailures == 1
+
+
+def test_handed_over_link_local_skips_dad(harness):
+    harness.iface.addresses.append(Address(LINK_LOCAL, 64, scope="link"))
+    harness.network.announce(harness.iface)
+
+    assert dad_probes(harness) == []

@@ -1,5 +1,6 @@
 """TcpConnection pairs wired back to back through a simulated lossy link, driven by a fake clock."""
 
+import dataclasses
 import errno
 import hashlib
 import heapq
@@ -882,3 +883,64 @@ def test_paws_drops_old_timestamp():
                                 window=1000, payload=b"stale", timestamp=(old, 0)))
     assert b.readable_bytes == 0
     assert pair.counters.PAWSEstab == 1
+
+
+def _ack_from_b(pair: Pair, ack_offset: int, tsecr: int, sack=()) -> header.TcpRepr:
+    """Build an ACK from b to a for a's send offset ``ack_offset``, echoing ``tsecr``."""
+    a = pair.a
+    b = pair.b
+    blocks = tuple((a._snd_wire(left), a._snd_wire(right)) for left, right in sack)
+    return header.TcpRepr(src_port=PORT_B, dst_port=PORT_A, seq=b._snd_wire(b._snd_max), ack=a._snd_wire(ack_offset),
+                          flags=header.ACK, window=65535 >> b._rcv_wscale, timestamp=(b._tsval(), tsecr),
+                          sack_blocks=blocks)
+
+
+def test_spurious_recovery_undone_by_timestamp():
+    """RFC 3522: the ACK of a retransmitted segment echoes the original's TSval, so the segment was
+    only reordered: cwnd and ssthresh go back to their values before the recovery."""
+    pair = Pair()
+    pair.open()
+    pair.wire.filter = lambda name, seg: False      # the test delivers every segment itself
+    a = pair.a
+    a.set_option("nodelay", True)
+    a.send(payload(5 * a.snd_mss))
+    sent = [seg for seg in pair.wire.sent_by("a") if seg.payload]
+    assert len(sent) == 5
+    original_tsval = sent[0].timestamp[0]
+    cwnd_before = a.cwnd
+    una = a._snd_una
+    mss = a.snd_mss
+
+    pair.clock.now += 0.05
+    for count in range(2, 5):
+        a.on_segment(_ack_from_b(pair, una, original_tsval, sack=[(una + mss, una + count * mss)]))
+    assert pair.counters.TCPFastRetrans == 1
+    assert a.cwnd < cwnd_before
+
+    a.on_segment(_ack_from_b(pair, una + 5 * mss, original_tsval))
+    assert pair.counters.TCPFullUndo == 1
+    assert a.cwnd >= cwnd_before
+
+
+def test_spurious_recovery_undone_by_dsack():
+    """RFC 3708: once every retransmission of a recovery comes back as a D-SACK, the recovery is undone."""
+    pair = Pair(client_config=TcpConfig(timestamps=False))
+    pair.open()
+    pair.wire.filter = lambda name, seg: False
+    a = pair.a
+    a.set_option("nodelay", True)
+    a.send(payload(5 * a.snd_mss))
+    cwnd_before = a.cwnd
+    una = a._snd_una
+    mss = a.snd_mss
+
+    for count in range(2, 5):
+        ack = _ack_from_b(pair, una, 0, sack=[(una + mss, una + count * mss)])
+        a.on_segment(dataclasses.replace(ack, timestamp=None))
+    retransmitted = pair.counters.RetransSegs
+    assert retransmitted >= 1
+
+    ack = _ack_from_b(pair, una + 5 * mss, 0, sack=[(una, una + mss * retransmitted)])
+    a.on_segment(dataclasses.replace(ack, timestamp=None))
+    assert pair.counters.TCPDSACKUndo == 1
+    assert a.cwnd >= cwnd_before

@@ -143,7 +143,7 @@ def test_isn_rejects_empty_secret():
 
 # CUBIC, the SACK scoreboard, SYN cookies and struct tcp_info.
 
-def test_cubic_reduces_by_beta_and_regrows_towards_w_max():
+def test_cubic_beta_reduction_and_regrowth():
     from sandnet_stackd.tcp.congestion import Cubic
 
     now = [0.0]
@@ -230,3 +230,42 @@ def test_pack_tcp_info_layout():
     assert struct.unpack_from("4I", raw, 68) == (1500, 700, 20, 10)
     assert struct.unpack_from("I", raw, 100) == (4,)
     assert pack_tcp_info(None, listening=True)[0] == 10
+
+
+def test_rack_marks_earlier_segment_lost_after_rtt():
+    from sandnet_stackd.tcp.rack import Rack
+    from sandnet_stackd.tcp.sack import Scoreboard
+
+    rack = Rack()
+    rack.on_transmit(0, 1000, now=0.0, retransmit=False)
+    rack.on_transmit(1000, 2000, now=0.001, retransmit=False)
+    rack.on_transmit(2000, 3000, now=0.002, retransmit=False)
+    board = Scoreboard()
+    board.add(2000, 3000)
+    rack.on_ack(0, board.sacked_end, board.highest, now=0.012)
+    assert rack.rtt == pytest.approx(0.010)
+    lost, next_check = rack.detect_losses(now=0.0105, reorder_window=0.002)
+    assert lost == []
+    assert next_check == pytest.approx(0.012)
+    lost, next_check = rack.detect_losses(now=0.0125, reorder_window=0.002)
+    assert lost == [(0, 1000)]
+    assert next_check == pytest.approx(0.013)
+    lost, _ = rack.detect_losses(now=0.0135, reorder_window=0.002)
+    assert lost == [(1000, 2000)]
+    lost, _ = rack.detect_losses(now=0.02, reorder_window=0.002)
+    assert lost == []                   # already reported until retransmitted
+    assert rack.last_outstanding(0) == (1000, 2000)
+
+
+def test_rack_ignores_ack_of_original_after_retransmission():
+    """RFC 8985 section 6.2: an ACK sooner than min_rtt after a retransmission is for the original."""
+    from sandnet_stackd.tcp.rack import Rack
+
+    rack = Rack()
+    rack.on_transmit(0, 1000, now=0.0, retransmit=False)
+    rack.on_ack(1000, lambda offset: None, 0, now=0.01)
+    assert rack.min_rtt == pytest.approx(0.01)
+    rack.on_transmit(1000, 2000, now=1.0, retransmit=False)
+    rack.on_transmit(1000, 2000, now=1.3, retransmit=True)
+    rack.on_ack(2000, lambda offset: None, 0, now=1.301)
+    assert rack.xmit_time == 0.0

@@ -677,11 +677,11 @@ class TcpConnection:
         ``update`` feeds the latest ACK and SACK state to RACK first; the
         reordering timer only checks again.
         """
-        if not self._config.rack or self.state not in _SENDING_STATES:
+        if not (self._config.rack and self._sack_enabled) or self.state not in _SENDING_STATES:
             return
         now = self._clock()
         if update:
-            self._rack.on_ack(self._snd_una, self._scoreboard.sacked_end, now)
+            self._rack.on_ack(self._snd_una, self._scoreboard.sacked_end, self._scoreboard.highest, now)
         min_rtt = self._rack.min_rtt
         reorder_window = min(min_rtt / 4 * self._reorder_window_factor, self._rtt.srtt or min_rtt) if min_rtt else 0.0
         lost, self._rack_deadline = self._rack.detect_losses(now, reorder_window)
@@ -704,9 +704,12 @@ class TcpConnection:
         self._arm_rto()
 
     def _arm_probe(self) -> None:
-        """Arm the tail loss probe timer while data is in flight (RFC 8985 section 7.2)."""
+        """Arm the tail loss probe timer while data is in flight (RFC 8985 section 7.2).
+
+        Like Linux, RACK-TLP runs only on connections that negotiated SACK.
+        """
         self._probe_deadline = None
-        if (not self._config.rack or self._probe_pending or self._congestion.in_recovery
+        if (not (self._config.rack and self._sack_enabled) or self._probe_pending or self._congestion.in_recovery
                 or self._snd_max <= self._snd_una or self.state not in _SENDING_STATES or self._rto_deadline is None):
             return
         srtt = self._rtt.srtt

@@ -46,14 +46,17 @@ class Rack:
         segment.delivered = False
         segment.lost = False
 
-    def on_ack(self, snd_una: int, sacked_end, now: float) -> None:
-        """Update RACK from an ACK: ``snd_una`` after it and ``sacked_end(offset)`` from the scoreboard."""
+    def on_ack(self, snd_una: int, sacked_end, highest_sacked: int, now: float) -> None:
+        """Update RACK from an ACK: ``snd_una`` after it, and ``sacked_end(offset)`` and the
+        highest SACKed offset from the scoreboard."""
         delivered = []
         while self._starts and self._segments[self._starts[0]].end <= snd_una:
             segment = self._segments.pop(self._starts.pop(0))
             if not segment.delivered:
                 delivered.append(segment)
         for start in self._starts:
+            if start >= highest_sacked:
+                break
             segment = self._segments[start]
             if segment.delivered:
                 continue
@@ -79,6 +82,10 @@ class Rack:
             return lost, None
         for start in self._starts:
             segment = self._segments[start]
+            if segment.time >= self.xmit_time and not segment.retransmitted:
+                # Segments sent later follow in sequence order, and a retransmitted one
+                # was sent later than its first transmission, so none further can be lost.
+                break
             if segment.delivered or segment.lost or segment.time >= self.xmit_time:
                 continue
             deadline = segment.time + self.rtt + reorder_window
