@@ -7,6 +7,7 @@ Run it inside the network namespace that contains the device, as root:
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 
@@ -25,6 +26,7 @@ from sandnet_linkd.servicer import LinkServicer
 ENV_PREFIX = "SANDNET_LINKD_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+ON_EXIT_CHOICES = ("restore", "keep")
 
 
 def _device_arg(text: str) -> DeviceSpec:
@@ -95,6 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="maximum number of received frames per FrameBatch (frames; default: 256)",
     )
     parser.add_argument(
+        "--on-exit", choices=ON_EXIT_CHOICES, default=env_default(ENV_PREFIX + "ON_EXIT", "restore"),
+        help="what a clean exit does with the addresses taken from the kernel: restore gives them back; keep "
+        "leaves them with the stack, so that established connections survive a linkd restart (the next linkd "
+        "reads them from --state-dir) (default: restore)",
+    )
+    parser.add_argument(
+        "--state-dir", default=env_default(ENV_PREFIX + "STATE_DIR", "/run/sandnet/linkd-state"),
+        help="directory for the file that records the addresses and routes taken over, for the next linkd "
+        "on the device (default: /run/sandnet/linkd-state)",
+    )
+    parser.add_argument(
         "--log-level", type=_log_level_arg, default=env_default(ENV_PREFIX + "LOG_LEVEL", "INFO"),
         help="minimum level of log records: DEBUG, INFO, WARNING or ERROR (default: INFO)",
     )
@@ -150,6 +163,17 @@ async def serve(args: argparse.Namespace, device: Device, config: link_pb2.LinkC
         servicer.stop()
 
 
+def _remove_state(path: str | None, log) -> None:
+    if path is None:
+        return
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        log.warning("cannot remove state file %s: %s", path, error)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     log = setup_logging("linkd", args.log_level)
@@ -171,10 +195,17 @@ def main(argv: list[str] | None = None) -> int:
     # raises its carrier, and the kernel would then add an IPv6 link-local
     # address unless addr_gen_mode is already "none".
     snapshot = None
+    state_file = None
     index = link_index(spec.name)
     if index is not None:
-        snapshot = netconfig.read_snapshot(index)
+        state_file = netconfig.state_path(args.state_dir, spec.name)
+        snapshot = netconfig.load_state(state_file, netconfig.read_snapshot(index), log)
         netconfig.take_over(snapshot, log)
+        try:
+            netconfig.save_state(snapshot, state_file)
+        except OSError as error:
+            log.warning("cannot write state file %s: %s; a later linkd cannot take over the addresses", state_file,
+                        error)
     try:
         device = open_device(spec, args.gso, counters, log)
     except DeviceError as error:
@@ -205,7 +236,12 @@ def main(argv: list[str] | None = None) -> int:
         status = 1
     finally:
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        netconfig.restore(snapshot, log)
+        if args.on_exit == "keep" and state_file is not None:
+            log.info("left the addresses of %s with the stack (--on-exit keep); the next linkd reads them from %s",
+                     spec.name, state_file)
+        else:
+            netconfig.restore(snapshot, log)
+            _remove_state(state_file, log)
         device.close()
         lock.close()
         if spec.kind == "tap" and device.created:

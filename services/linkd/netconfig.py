@@ -10,6 +10,7 @@ the addresses back, then every route that is still missing.
 
 import dataclasses
 import errno
+import json
 import logging
 import os
 import socket
@@ -298,3 +299,54 @@ def routes_proto(snapshot: Snapshot) -> list[types_pb2.Route]:
         )
         for route in snapshot.routes
     ]
+
+
+# The state file keeps a snapshot for a later linkd on the same device: one
+# started after a linkd that exited with --on-exit keep, or that was killed,
+# finds the device without its addresses and must hand over the ones taken.
+
+def state_path(state_dir: str, name: str) -> str:
+    """Return the state file of device ``name`` in this network namespace."""
+    netns = os.stat("/proc/self/ns/net").st_ino
+    return os.path.join(state_dir, f"{netns}-{name}.json")
+
+
+def save_state(snapshot: Snapshot, path: str) -> None:
+    """Write ``snapshot`` to ``path`` atomically (a rename over the old file)."""
+    record = dataclasses.asdict(snapshot)
+    record["mac"] = snapshot.mac.hex()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "w") as handle:
+        json.dump(record, handle)
+    os.replace(temporary, path)
+
+
+def load_state(path: str, current: Snapshot, log: logging.Logger) -> Snapshot:
+    """Return the snapshot saved at ``path`` if it still describes the device, else ``current``.
+
+    A saved snapshot applies when it names the same device and MAC and the
+    device has none of its addresses, which is the state a previous linkd
+    left it in. Otherwise the kernel owns the addresses again and the file
+    is stale.
+    """
+    try:
+        with open(path) as handle:
+            record = json.load(handle)
+        saved = Snapshot(**{**record, "mac": bytes.fromhex(record["mac"]),
+                            "addresses": [Address(**a) for a in record["addresses"]],
+                            "routes": [RouteEntry(**r) for r in record["routes"]]})
+    except FileNotFoundError:
+        return current
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        log.warning("ignoring unreadable state file %s: %s", path, error)
+        return current
+
+    current_ips = {a.ip for a in current.addresses}
+    if saved.name != current.name or saved.mac != current.mac or current_ips & {a.ip for a in saved.addresses}:
+        log.info("state file %s is stale: %s has its addresses again", path, current.name)
+        return current
+    saved.index = current.index
+    log.info("took over %d addresses and %d routes of %s from the previous linkd (%s)",
+             len(saved.addresses), len(saved.routes), saved.name, path)
+    return saved

@@ -35,11 +35,12 @@ class Sandbox:
 
 
 @contextlib.contextmanager
-def running_sandbox(gso: bool = True) -> Iterator[Sandbox]:
+def running_sandbox(gso: bool = True, linkd_extra: tuple[str, ...] = ()) -> Iterator[Sandbox]:
     """Start the three services on a fresh topology; stop and remove everything on exit."""
     with netlab.topology() as topo, tempfile.TemporaryDirectory(prefix="sandnet-") as workdir:
         link_path, stack_path, sockd_path = (os.path.join(workdir, n) for n in ("linkd.sock", "stackd.sock", "sockd.sock"))
-        with netlab.start_linkd(topo.sandbox, f"veth:{topo.sandbox_if}", link_path, gso=gso) as linkd, \
+        extra = [arg.replace("{workdir}", workdir) for arg in linkd_extra]
+        with netlab.start_linkd(topo.sandbox, f"veth:{topo.sandbox_if}", link_path, gso=gso, extra=extra) as linkd, \
                 netlab.start_stackd(link_path, stack_path) as stackd, \
                 netlab.start_sockd(stack_path, sockd_path) as sockd:
             client = Client(f"unix:{sockd_path}")

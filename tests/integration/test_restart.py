@@ -39,8 +39,12 @@ def wait_for_health(socket_path: str, status: int, timeout: float = 30) -> None:
         time.sleep(0.1)
 
 
-def test_transfer_survives_linkd_restart():
-    with running_sandbox() as box:
+@pytest.mark.parametrize("stop", ["sigkill", "sigterm-keep"])
+def test_transfer_survives_linkd_restart(stop):
+    # With --on-exit keep, a clean stop leaves the addresses off the kernel's
+    # interface, and the next linkd reads them from the state file.
+    keep = ("--on-exit", "keep", "--state-dir", "{workdir}/state")
+    with running_sandbox(linkd_extra=keep if stop == "sigterm-keep" else ()) as box:
         topo = box.topo
         link_path = os.path.join(box.workdir, "linkd.sock")
         stack_path = os.path.join(box.workdir, "stackd.sock")
@@ -53,11 +57,18 @@ def test_transfer_survives_linkd_restart():
             with conn:
                 conn.sendall(data[:TRANSFER_BYTES // 4])
 
-                # SIGKILL leaves the addresses off the kernel's interface, so the
+                # Either way the addresses stay off the kernel's interface, so the
                 # kernel cannot reset the connection while linkd is away.
-                box.linkd.kill()
+                if stop == "sigkill":
+                    box.linkd.kill()
+                    extra = []
+                else:
+                    assert box.linkd.stop() == 0
+                    extra = [arg.replace("{workdir}", box.workdir) for arg in keep]
+                kernel_view = topo.sandbox.run("ip", "-4", "addr", "show", "dev", topo.sandbox_if).stdout
+                assert topo.sandbox_ip not in kernel_view
                 wait_for_health(stack_path, NOT_SERVING)
-                replacement = netlab.start_linkd(topo.sandbox, f"veth:{topo.sandbox_if}", link_path)
+                replacement = netlab.start_linkd(topo.sandbox, f"veth:{topo.sandbox_if}", link_path, extra=extra)
                 wait_for_health(stack_path, SERVING)
 
                 for offset in range(TRANSFER_BYTES // 4, TRANSFER_BYTES, CHUNK_BYTES):
@@ -73,6 +84,8 @@ def test_transfer_survives_linkd_restart():
         assert int(length) == TRANSFER_BYTES, box.logs()
         assert digest == hashlib.sha256(data).hexdigest()
         assert "frame stream to linkd" in box.stackd.log_text()
+        if stop == "sigterm-keep":
+            assert "from the previous linkd" in replacement.log_text()
 
 
 def test_sockd_health_follows_stackd():

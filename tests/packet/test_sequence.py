@@ -128,3 +128,4 @@ def test_large_out_of_order_run_does_not_stall(bench):
     assert received == b"".join(chunks)
     peer.send_data(b"and more")
     assert conn.recv(100) == b"and more"
+
