@@ -9,6 +9,7 @@ while sockd reconnects with backoff.
 
 import asyncio
 import errno
+import itertools
 import logging
 import select
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from sandnet import calls
 from sandnet.v1 import sockets_pb2, sockets_pb2_grpc
 from sandnet_common.endpoint import Endpoint
 from sandnet_common.server import insecure_channel
@@ -28,6 +30,80 @@ BACKOFF_MAX_SECONDS = 5.0
 
 class StackUnavailableError(RuntimeError):
     """stackd did not report SERVING to its health check in time."""
+
+
+class StackCallStream:
+    """One Calls stream to stackd that carries the forwarded calls of every client session.
+
+    Calls queued while a batch is being written leave together in the next
+    batch. When the stream fails, every call waiting on it and every later
+    call raises ConnectionError.
+    """
+
+    def __init__(self, sockets: sockets_pb2_grpc.SocketsStub, metadata, log: logging.Logger):
+        self.log = log
+        self._stream = sockets.Calls(metadata=metadata)
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future] = {}
+        self._queued: list[sockets_pb2.Call] = []
+        self._wakeup = asyncio.Event()
+        self._failure: str | None = None
+        self._tasks = [asyncio.ensure_future(self._write_batches()), asyncio.ensure_future(self._read_batches())]
+
+    async def call(self, method: str, request):
+        """Send one call to stackd and return its unary reply; raise ConnectionError if the stream failed."""
+        if self._failure is not None:
+            raise ConnectionError(self._failure)
+        call_id = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        self._pending[call_id] = future
+        self._queued.append(calls.make_call(call_id, method, request))
+        self._wakeup.set()
+        try:
+            return calls.unwrap_reply(await future)
+        finally:
+            self._pending.pop(call_id, None)
+
+    async def _write_batches(self) -> None:
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                batch = sockets_pb2.CallBatch(calls=self._queued)
+                self._queued = []
+                await self._stream.write(batch)
+        except asyncio.CancelledError:
+            raise
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as error:
+            self._fail(f"writing to the stackd Calls stream failed: {error!r}")
+
+    async def _read_batches(self) -> None:
+        try:
+            async for batch in self._stream:
+                for reply in batch.replies:
+                    future = self._pending.get(reply.id)
+                    if future is not None and not future.done():
+                        future.set_result(reply)
+            self._fail("stackd ended the Calls stream")
+        except asyncio.CancelledError:
+            raise
+        except grpc.aio.AioRpcError as error:
+            self._fail(f"the stackd Calls stream failed: {error.code().name}: {error.details()}")
+
+    def _fail(self, reason: str) -> None:
+        if self._failure is None:
+            self._failure = reason
+            self.log.warning("%s; %d call(s) in flight get ENETDOWN", reason, len(self._pending))
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ConnectionError(reason))
+
+    def close(self) -> None:
+        """Cancel the stream; calls still waiting raise ConnectionError."""
+        for task in self._tasks:
+            task.cancel()
+        self._stream.cancel()
+        self._fail("the stackd session ended")
 
 
 class StackLink:
@@ -43,6 +119,7 @@ class StackLink:
         self.sockets = sockets_pb2_grpc.SocketsStub(self.channel)
         self.netinfo = sockets_pb2_grpc.NetinfoStub(self.channel)
         self.metadata: tuple[tuple[str, str], ...] = ()
+        self.calls: StackCallStream | None = None
         self.up = False
 
     async def probe(self, wait_seconds: float) -> None:
@@ -74,6 +151,7 @@ class StackLink:
                 if event is grpc.aio.EOF:
                     raise ConnectionError("stackd ended the session stream before sending a session id")
                 self.metadata = ((SESSION_METADATA, event.session),)
+                self.calls = StackCallStream(self.sockets, self.metadata, self.log)
                 await self._set_up(True)
                 self.log.info("stackd session %s open at %s", event.session, self.endpoint)
                 backoff = BACKOFF_FIRST_SECONDS
@@ -88,6 +166,9 @@ class StackLink:
                 self.log.warning("stackd session at %s failed: %s", self.endpoint, error)
             finally:
                 call.cancel()
+                if self.calls is not None:
+                    self.calls.close()
+                    self.calls = None
 
             if self.up:
                 await self._set_up(False)
@@ -149,13 +230,24 @@ class ForwardSockets(sockets_pb2_grpc.SocketsServicer):
         self.log.info("session %s closed, %d socket(s) closed with it", session_id, len(fds))
 
     async def _forward(self, method: str, request, reply_type: type):
-        """Send one call to stackd; a lost stackd becomes ENETDOWN in the reply."""
-        if not self.link.up:
+        """Send one call to stackd; a lost stackd becomes ENETDOWN in the reply.
+
+        Calls go on the shared Calls stream, except Poll: a caller may cancel
+        a Poll (SandnetSelector does), and only a unary call carries that
+        cancellation on to stackd.
+        """
+        stream = self.link.calls
+        if not self.link.up or stream is None:
             return reply_type(errno=errno.ENETDOWN)
         try:
-            return await getattr(self.link.sockets, method)(request, metadata=self.link.metadata)
+            if method == "Poll":
+                return await self.link.sockets.Poll(request, metadata=self.link.metadata)
+            return await stream.call(method, request)
         except grpc.aio.AioRpcError as error:
             self.log.warning("%s on stackd failed: %s: %s", method, error.code().name, error.details())
+            return reply_type(errno=errno.ENETDOWN)
+        except ConnectionError as error:
+            self.log.warning("%s on stackd failed: %s", method, error)
             return reply_type(errno=errno.ENETDOWN)
 
     async def _owned(self, method: str, request, context, reply_type: type):
@@ -253,6 +345,11 @@ class ForwardSockets(sockets_pb2_grpc.SocketsServicer):
 
     async def GetSockOpt(self, request, context):
         return await self._owned("GetSockOpt", request, context, sockets_pb2.GetSockOptReply)
+
+    async def Calls(self, request_iterator, context):
+        """Serve the session's socket calls multiplexed on one stream, with the unary handlers of this class."""
+        async for batch in calls.serve_calls(self, request_iterator, context, self.log):
+            yield batch
 
     async def Poll(self, request, context):
         """Forward the caller's own fds; report POLLNVAL for the others, as Linux does for closed fds."""

@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable
 
+from sandnet import calls
 from sandnet.v1 import sockets_pb2, sockets_pb2_grpc
 from sandnet_sockd import addresses
 from sandnet_sockd.sessions import SessionTable
@@ -341,6 +342,11 @@ class HostSockets(sockets_pb2_grpc.SocketsServicer):
                 break
             chunks += data
         return sockets_pb2.RecvReply(data=bytes(chunks))
+
+    async def Calls(self, request_iterator, context):
+        """Serve the session's socket calls multiplexed on one stream, with the unary handlers of this class."""
+        async for batch in calls.serve_calls(self, request_iterator, context, self.log):
+            yield batch
 
     # Options and readiness.
 

@@ -7,6 +7,7 @@ import logging
 
 import grpc
 
+from sandnet import calls
 from sandnet.v1 import sockets_pb2, sockets_pb2_grpc, types_pb2
 from sandnet_stackd.header import ipv6
 from sandnet_stackd.sockets import AF_INET, AF_INET6, ANY4, ANY6, SockAddr, Socket, SocketError, check_address
@@ -180,6 +181,11 @@ class SocketsService(sockets_pb2_grpc.SocketsServicer):
     async def Poll(self, request, context):
         ready = await self.stack.poll([(p.fd, p.events) for p in request.fds], request.timeout_ms, _session(context))
         return sockets_pb2.PollReply(ready=[sockets_pb2.PollFd(fd=fd, events=ev) for fd, ev in ready])
+
+    async def Calls(self, request_iterator, context):
+        """Serve the session's socket calls multiplexed on one stream, with the unary handlers above."""
+        async for batch in calls.serve_calls(self, request_iterator, context, log):
+            yield batch
 
 
 class NetinfoService(sockets_pb2_grpc.NetinfoServicer):

@@ -1,0 +1,152 @@
+"""The Calls stream of sandnet.v1.Sockets: every socket call of a session on one stream.
+
+A unary RPC costs far more CPU in grpcio than a message on an open stream,
+so the client sends its socket calls as ``Call`` messages in batches on
+one bidirectional stream, and sockd forwards them to stackd the same way.
+This module holds the table that maps a Call's oneof field to the unary
+method and its reply type, and ``serve_calls``, which runs a stream's calls
+on a servicer's unary handlers so that stackd and both sockd modes serve
+the stream with the code that serves the unary RPCs.
+"""
+
+import asyncio
+import errno
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from sandnet.v1 import sockets_pb2
+
+# Call's oneof field -> (unary method, reply type). CallReply uses the same
+# field names, so a reply goes into the field its request came in.
+METHODS: dict[str, tuple[str, type]] = {
+    "socket": ("Socket", sockets_pb2.SocketReply),
+    "bind": ("Bind", sockets_pb2.Status),
+    "listen": ("Listen", sockets_pb2.Status),
+    "accept": ("Accept", sockets_pb2.AcceptReply),
+    "connect": ("Connect", sockets_pb2.Status),
+    "send": ("Send", sockets_pb2.SendReply),
+    "recv": ("Recv", sockets_pb2.RecvReply),
+    "shutdown": ("Shutdown", sockets_pb2.Status),
+    "close": ("Close", sockets_pb2.Status),
+    "get_sock_name": ("GetSockName", sockets_pb2.AddrReply),
+    "get_peer_name": ("GetPeerName", sockets_pb2.AddrReply),
+    "set_sock_opt": ("SetSockOpt", sockets_pb2.Status),
+    "get_sock_opt": ("GetSockOpt", sockets_pb2.GetSockOptReply),
+    "poll": ("Poll", sockets_pb2.PollReply),
+}
+
+# Unary method name -> Call's oneof field.
+FIELDS: dict[str, str] = {method: field for field, (method, _) in METHODS.items()}
+
+# Calls of one descriptor that must run in the order they were sent: data
+# and the calls that end it on the send side, and reads on the receive side.
+# Calls in different lanes run concurrently, so a blocked recv() never holds
+# up a send() of another thread on the same socket.
+_LANES = {"send": "send", "shutdown": "send", "close": "send", "recv": "recv", "accept": "recv"}
+
+
+def make_call(call_id: int, method: str, request) -> sockets_pb2.Call:
+    """Wrap a unary ``method``'s request in a Call; raise KeyError for a method the stream does not carry."""
+    call = sockets_pb2.Call(id=call_id)
+    getattr(call, FIELDS[method]).CopyFrom(request)
+    return call
+
+
+def unwrap_reply(reply: sockets_pb2.CallReply):
+    """Return the unary reply inside a CallReply."""
+    field = reply.WhichOneof("reply")
+    if field is None:
+        raise ValueError(f"call {reply.id}: the reply carries no result")
+    return getattr(reply, field)
+
+
+async def serve_calls(servicer, request_iterator, context: grpc.aio.ServicerContext,
+                      log: logging.Logger) -> AsyncIterator[sockets_pb2.CallReplyBatch]:
+    """Run the calls of one Calls stream on ``servicer``'s unary handlers and yield their replies.
+
+    Each call runs as its own task with the stream's ``context``, so the
+    handlers see the stream's session metadata. Replies that are ready
+    together leave in one batch. The stream ends after the caller ends its
+    side and every call has replied. A handler that aborts the context ends
+    the stream with that status. Any other exception of a handler is logged
+    and becomes EIO in that call's reply.
+    """
+    replies: asyncio.Queue = asyncio.Queue()
+    tasks: set[asyncio.Task] = set()
+    lanes: dict[tuple[int, str], asyncio.Task] = {}
+    reading_done = asyncio.Event()
+
+    async def run(call: sockets_pb2.Call, field: str, previous: asyncio.Task | None) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])
+        method, reply_type = METHODS[field]
+        try:
+            reply = await getattr(servicer, method)(getattr(call, field), context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("%s call %d on the Calls stream failed", method, call.id)
+            reply = reply_type(errno=errno.EIO)
+        message = sockets_pb2.CallReply(id=call.id)
+        getattr(message, field).CopyFrom(reply)
+        replies.put_nowait(message)
+
+    def finished(task: asyncio.Task) -> None:
+        tasks.discard(task)
+        for key, last in list(lanes.items()):
+            if last is task:
+                del lanes[key]
+        if not task.cancelled() and task.exception() is not None:
+            replies.put_nowait(task.exception())
+        elif reading_done.is_set() and not tasks:
+            replies.put_nowait(None)
+
+    def start(call: sockets_pb2.Call) -> None:
+        field = call.WhichOneof("request")
+        if field is None:
+            log.warning("call %d on the Calls stream has no request; ignored", call.id)
+            return
+        lane = _LANES.get(field)
+        previous = None
+        key = None
+        if lane is not None:
+            key = (getattr(call, field).fd, lane)
+            previous = lanes.get(key)
+        task = asyncio.ensure_future(run(call, field, previous))
+        tasks.add(task)
+        if key is not None:
+            lanes[key] = task
+        task.add_done_callback(finished)
+
+    async def read_calls() -> None:
+        try:
+            async for batch in request_iterator:
+                for call in batch.calls:
+                    start(call)
+        finally:
+            reading_done.set()
+            if not tasks:
+                replies.put_nowait(None)
+
+    reader = asyncio.ensure_future(read_calls())
+    try:
+        while True:
+            first = await replies.get()
+            if first is None:
+                break
+            if isinstance(first, BaseException):
+                raise first
+            batch = sockets_pb2.CallReplyBatch(replies=[first])
+            while not replies.empty():
+                more = replies.get_nowait()
+                if more is None or isinstance(more, BaseException):
+                    replies.put_nowait(more)
+                    break
+                batch.replies.append(more)
+            yield batch
+    finally:
+        reader.cancel()
+        for task in list(tasks):
+            task.cancel()
