@@ -1,14 +1,20 @@
 """A synchronous connection to sockd: one gRPC channel and one session.
 
 The session stream stays open for the client's lifetime, read by a daemon
-thread; when it ends, sockd closes every socket the client created.
+thread; when it ends, sockd closes every socket the client created. Socket
+calls travel on one Calls stream per session (sandnet.calls), which costs
+far less than a unary RPC per call.
 """
 
+import concurrent.futures
+import itertools
 import os
+import queue
 import threading
 
 import grpc
 
+from sandnet import calls
 from sandnet.v1 import sockets_pb2, sockets_pb2_grpc
 
 DEFAULT_ENDPOINT = "unix:/run/sandnet/sockd.sock"
@@ -34,6 +40,91 @@ def grpc_target(endpoint: str) -> str:
         if sep and host and port.isdigit():
             return f"{host}:{port}"
     raise ValueError(f"invalid sockd endpoint {endpoint!r}: expected unix:PATH or tcp:HOST:PORT")
+
+
+class CallStream:
+    """The session's Calls stream: socket calls from any thread, each completed by its own future.
+
+    A caller's call goes into a queue. gRPC's sending thread takes every
+    call queued at that moment as one batch, and a reader thread completes
+    the futures as the replies arrive. When the stream fails, every waiting
+    and later call raises ConnectionError.
+    """
+
+    def __init__(self, sockets: sockets_pb2_grpc.SocketsStub, metadata, endpoint: str, session: str):
+        self.endpoint = endpoint
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, concurrent.futures.Future] = {}
+        self._lock = threading.Lock()
+        self._failure: str | None = None
+        self._replies = sockets.Calls(self._batches(), metadata=metadata)
+        self._reader = threading.Thread(target=self._read_replies, name=f"sandnet-calls-{session[:8]}", daemon=True)
+        self._reader.start()
+
+    def submit(self, method: str, request) -> concurrent.futures.Future:
+        """Queue one call and return a future of its CallReply; raise ConnectionError if the stream failed."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            if self._failure is not None:
+                raise ConnectionError(self._failure)
+            call_id = next(self._ids)
+            self._pending[call_id] = future
+        self._queue.put(calls.make_call(call_id, method, request))
+        return future
+
+    def call(self, method: str, request, timeout: float | None):
+        """Run one call and return its unary reply; raise ConnectionError on failure or after ``timeout`` seconds."""
+        future = self.submit(method, request)
+        try:
+            return calls.unwrap_reply(future.result(timeout))
+        except concurrent.futures.TimeoutError:
+            raise ConnectionError(f"sockd at {self.endpoint}: {method} got no reply within {timeout:g} s") from None
+
+    def _batches(self):
+        while True:
+            call = self._queue.get()
+            if call is None:
+                return
+            batch = sockets_pb2.CallBatch(calls=[call])
+            while True:
+                try:
+                    call = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if call is None:
+                    yield batch
+                    return
+                batch.calls.append(call)
+            yield batch
+
+    def _read_replies(self) -> None:
+        reason = f"sockd at {self.endpoint} ended the Calls stream"
+        try:
+            for batch in self._replies:
+                for reply in batch.replies:
+                    with self._lock:
+                        future = self._pending.pop(reply.id, None)
+                    if future is not None and not future.cancelled():
+                        future.set_result(reply)
+        except grpc.RpcError as error:
+            reason = f"sockd at {self.endpoint}: the Calls stream failed: {error.code().name}: {error.details()}"
+        self._fail(reason)
+
+    def _fail(self, reason: str) -> None:
+        with self._lock:
+            if self._failure is None:
+                self._failure = reason
+            pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(ConnectionError(reason))
+
+    def close(self) -> None:
+        """End the stream; waiting calls raise ConnectionError."""
+        self._queue.put(None)
+        self._replies.cancel()
+        self._fail(f"the session with sockd at {self.endpoint} is closed")
 
 
 class Client:
@@ -76,6 +167,7 @@ class Client:
         self.sockets = sockets_pb2_grpc.SocketsStub(self._channel)
         self.netinfo = sockets_pb2_grpc.NetinfoStub(self._channel)
         self._closed = threading.Event()
+        self.calls = CallStream(self.sockets, self.metadata, self.endpoint, self.session)
         self._resolver = None
         self._resolver_lock = threading.Lock()
         self._keeper = threading.Thread(target=self._hold_session, name=f"sandnet-session-{self.session[:8]}",
@@ -104,10 +196,18 @@ class Client:
         self._closed.set()
 
     def call(self, method: str, request, timeout_ms: int | None = None):
-        """Call a Sockets method with the session metadata and return its reply.
+        """Call a Sockets method on the session's Calls stream and return its reply.
 
         A transport failure raises ConnectionError naming the endpoint, so a
         socket-level caller sees an OSError either way.
+        """
+        deadline = None if timeout_ms is None or timeout_ms < 0 else timeout_ms / 1000 + 30
+        return self.calls.call(method, request, deadline)
+
+    def call_unary(self, method: str, request, timeout_ms: int | None = None):
+        """Call a Sockets method as a unary RPC with the session metadata and return its reply.
+
+        Raises ConnectionError naming the endpoint on a transport failure.
         """
         deadline = None if timeout_ms is None or timeout_ms < 0 else timeout_ms / 1000 + 30
         try:
@@ -141,6 +241,7 @@ class Client:
 
     def close(self) -> None:
         """End the session, so sockd closes its sockets, and close the channel."""
+        self.calls.close()
         self._session_call.cancel()
         self._channel.close()
         self._closed.set()

@@ -15,8 +15,11 @@ Host names resolve through sandnet.resolver: /etc/hosts, then DNS queries
 sent over sandnet UDP sockets.
 
 Reads on stream sockets ask sockd for at least RECV_CHUNK bytes and keep
-the surplus in a client-side buffer, so bulk transfers do not cost one RPC
-per small read.
+the surplus in a client-side buffer, so bulk transfers do not cost one call
+per small read. Sends on a connected, blocking stream socket go through a
+client-side send buffer (sandnet.sendbuffer): send() returns once the data
+is queued, small sends coalesce, and a failed send surfaces on a later
+send(), as with a kernel socket's send buffer.
 """
 
 import errno
@@ -32,6 +35,7 @@ import weakref
 
 from sandnet.client import Client
 from sandnet.resolver import ResolveError, reverse_lookup_hosts_file
+from sandnet.sendbuffer import SendBuffer
 from sandnet.v1 import sockets_pb2, types_pb2
 
 from socket import (  # noqa: F401  re-exported for callers that replace the stdlib module
@@ -209,6 +213,8 @@ class socket:
         self._fileno = _files.add(self)
         self._timeout = 0.0 if type & SOCK_NONBLOCK else getdefaulttimeout()
         self._rbuf = bytearray()
+        # Set once the socket is connected; sockets without one send synchronously.
+        self._sendbuf: SendBuffer | None = None
         self._io_refs = 0
         self._closed = False
 
@@ -309,6 +315,7 @@ class socket:
         reply = self._call("Accept", sockets_pb2.AcceptRequest(fd=self._fd, timeout_ms=timeout_ms), timeout_ms)
         self._check(reply.errno)
         conn = socket(self._family, self._type, self._proto, fileno=reply.fd, client=self._client)
+        conn._start_send_buffer()
         return conn, from_sockaddr(self._family, reply.peer)
 
     def connect_ex(self, address) -> int:
@@ -319,6 +326,8 @@ class socket:
                            timeout_ms)
         if reply.errno == errno.EINPROGRESS and self._timeout:
             return errno.EAGAIN
+        if reply.errno == 0:
+            self._start_send_buffer()
         return reply.errno
 
     def connect(self, address) -> None:
@@ -339,11 +348,25 @@ class socket:
         return from_sockaddr(self._family, reply.addr)
 
     def shutdown(self, how: int) -> None:
+        if how in (SHUT_WR, SHUT_RDWR) and self._sendbuf is not None:
+            # Buffered data goes before the FIN. Later sends are synchronous
+            # again, so they get EPIPE at once, as on Linux.
+            self._sendbuf.flush()
+            self._sendbuf = None
         self._check(self._call("Shutdown", sockets_pb2.ShutdownRequest(fd=self._fd, how=how)).errno)
 
     # Sending.
 
+    def _start_send_buffer(self) -> None:
+        if self._type == SOCK_STREAM and self._sendbuf is None:
+            self._sendbuf = SendBuffer(self._client.calls, self._fd)
+
     def _send(self, data, flags: int, addr: types_pb2.SockAddr | None, timeout_ms: int) -> int:
+        if self._fd < 0:
+            _raise_errno(errno.EBADF)
+        buffer = self._sendbuf
+        if buffer is not None and addr is None and not flags and timeout_ms != 0 and len(data):
+            return buffer.write(data, None if timeout_ms < 0 else timeout_ms / 1000)
         request = sockets_pb2.SendRequest(fd=self._fd, data=bytes(data), flags=flags, timeout_ms=timeout_ms)
         if addr is not None:
             request.addr.CopyFrom(addr)
@@ -534,7 +557,15 @@ class socket:
         fd, self._fd = self._fd, -1
         _files.remove(self._fileno)
         self._rbuf.clear()
+        buffer, self._sendbuf = self._sendbuf, None
         try:
+            if buffer is not None:
+                buffer.flush()
+            if buffer is not None and buffer.sends_in_flight:
+                # sockd closes after the Sends in flight, which may wait for
+                # the peer, and close() on Linux does not wait for that either.
+                self._client.calls.submit("Close", sockets_pb2.FdRequest(fd=fd))
+                return
             self._client.call("Close", sockets_pb2.FdRequest(fd=fd))
         except ConnectionError:
             # The session is gone, and sockd closed the socket with it.

@@ -1,0 +1,122 @@
+"""The client-side send buffer of a connected, blocking stream socket.
+
+A kernel socket's send() returns as soon as the data is in the socket's
+send buffer, and an error found later (a reset, a closed peer) surfaces on
+a later call. SendBuffer gives a sandnet socket the same behaviour over
+the session's Calls stream: send() copies the data into a local buffer and
+returns while the socket's window has room, and at most one Send call per
+socket is in flight. Data that arrives while a Send is in flight waits and
+leaves in one message when that Send is acknowledged, so many small sends
+cost one message, as Nagle's algorithm makes them cost one segment.
+"""
+
+import errno
+import os
+import threading
+import time
+
+from sandnet.calls import unwrap_reply
+from sandnet.v1 import sockets_pb2
+
+# Bytes that send() may accept before sockd has acknowledged them: queued
+# here plus carried by the Send in flight. Like SO_SNDBUF, it bounds memory
+# and sets how far a sender runs ahead of the stack.
+SEND_WINDOW = 512 * 1024
+
+
+class SendBuffer:
+    """Data of one socket that send() accepted and stackd (or the host kernel) has not yet acknowledged.
+
+    Thread-safe. Order is kept because a socket has one Send in flight at a
+    time, except in flush(), and sockd runs the Send, Shutdown and Close
+    calls of one descriptor in the order they were sent.
+    """
+
+    def __init__(self, calls, fd: int, window: int = SEND_WINDOW):
+        self._calls = calls
+        self._fd = fd
+        self._window = window
+        self._cond = threading.Condition()
+        self._queued = bytearray()
+        self._in_flight = 0
+        self._sends_in_flight = 0
+        self._error: OSError | None = None
+
+    @property
+    def sends_in_flight(self) -> int:
+        """Send calls submitted and not yet acknowledged."""
+        return self._sends_in_flight
+
+    def write(self, data: memoryview, timeout: float | None) -> int:
+        """Queue as much of ``data`` as the window has room for and return the count, which is at least 1.
+
+        Waits up to ``timeout`` seconds (None: no limit) for room. Raises the
+        error that an earlier Send of this socket failed with (once, as
+        Linux reports a pending socket error), or TimeoutError without room.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                self._raise_pending_error()
+                room = self._window - self._in_flight - len(self._queued)
+                if room > 0:
+                    break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError("timed out")
+                self._cond.wait(remaining)
+
+            count = min(room, len(data))
+            self._queued += data[:count]
+            if not self._sends_in_flight:
+                self._submit()
+            return count
+
+    def flush(self) -> None:
+        """Submit the queued data now, even while a Send is in flight, ahead of a Shutdown or Close."""
+        with self._cond:
+            if self._queued:
+                self._submit()
+
+    def _raise_pending_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _submit(self) -> None:
+        """Send the queued data as one Send call; the caller holds the lock."""
+        data = bytes(self._queued)
+        self._queued.clear()
+        request = sockets_pb2.SendRequest(fd=self._fd, data=data, timeout_ms=-1)
+        try:
+            future = self._calls.submit("Send", request)
+        except ConnectionError as error:
+            self._error = error
+            return
+        self._in_flight += len(data)
+        self._sends_in_flight += 1
+        future.add_done_callback(lambda done: self._acknowledge(done, len(data)))
+
+    def _acknowledge(self, future, size: int) -> None:
+        """Release the window of one Send and submit what queued meanwhile, or record the Send's error."""
+        with self._cond:
+            self._in_flight -= size
+            self._sends_in_flight -= 1
+            try:
+                reply = unwrap_reply(future.result())
+            except ConnectionError as error:
+                self._error = error
+                reply = None
+            if reply is not None and reply.errno:
+                self._error = OSError(reply.errno, os.strerror(reply.errno))
+            elif reply is not None and reply.sent < size:
+                # A Send with timeout_ms -1 queues everything unless it fails,
+                # so a short count means the server broke that contract.
+                self._error = OSError(errno.EIO, f"sockd queued {reply.sent} of {size} bytes of a send")
+
+            if self._error is not None:
+                # As on Linux, data not yet handed to the stack is lost with the connection.
+                self._queued.clear()
+            elif self._queued and not self._sends_in_flight:
+                self._submit()
+            self._cond.notify_all()
