@@ -1,8 +1,8 @@
 """The Calls stream of sandnet.v1.Sockets: every socket call of a session on one stream.
 
-A unary RPC costs far more CPU in grpcio than a message on an open stream,
-so the client sends its socket calls as ``Call`` messages in batches on
-one bidirectional stream, and sockd forwards them to stackd the same way.
+A unary RPC costs far more CPU in grpcio than a message on an open stream.
+So the client sends its socket calls as ``Call`` messages in batches on one
+bidirectional stream, and sockd forwards them to stackd the same way.
 This module holds the table that maps a Call's oneof field to the unary
 method and its reply type, and ``serve_calls``, which runs a stream's calls
 on a servicer's unary handlers so that stackd and both sockd modes serve
@@ -10,6 +10,7 @@ the stream with the code that serves the unary RPCs.
 """
 
 import asyncio
+import contextvars
 import errno
 import logging
 from collections.abc import AsyncIterator
@@ -47,9 +48,20 @@ FIELDS: dict[str, str] = {method: field for field, (method, _) in METHODS.items(
 _LANES = {"send": "send", "shutdown": "send", "close": "send", "recv": "recv", "accept": "recv"}
 
 
-def make_call(call_id: int, method: str, request) -> sockets_pb2.Call:
+# The longest time serve_calls keeps back a reply whose call set defer_reply.
+HOLD_SECONDS = 0.02
+
+# True while a handler runs a call that set defer_reply, so that sockd can
+# set it on the call it forwards to stackd.
+REPLY_DEFERRABLE: contextvars.ContextVar[bool] = contextvars.ContextVar("sandnet_reply_deferrable", default=False)
+
+# Queue marker: send the held replies now.
+_FLUSH_HELD = object()
+
+
+def make_call(call_id: int, method: str, request, defer_reply: bool = False) -> sockets_pb2.Call:
     """Wrap a unary ``method``'s request in a Call; raise KeyError for a method the stream does not carry."""
-    call = sockets_pb2.Call(id=call_id)
+    call = sockets_pb2.Call(id=call_id, defer_reply=defer_reply)
     getattr(call, FIELDS[method]).CopyFrom(request)
     return call
 
@@ -68,12 +80,16 @@ async def serve_calls(servicer, request_iterator, context: grpc.aio.ServicerCont
 
     Each call runs as its own task with the stream's ``context``, so the
     handlers see the stream's session metadata. Replies that are ready
-    together leave in one batch. The stream ends after the caller ends its
-    side and every call has replied. A handler that aborts the context ends
+    together leave in one batch. The reply of a call with defer_reply is
+    held until another reply leaves or HOLD_SECONDS pass. The stream ends
+    after the caller ends its side and every call has replied. A handler that aborts the context ends
     the stream with that status. Any other exception of a handler is logged
     and becomes EIO in that call's reply.
     """
+    loop = asyncio.get_running_loop()
     replies: asyncio.Queue = asyncio.Queue()
+    held: list[sockets_pb2.CallReply] = []
+    hold_timer: asyncio.TimerHandle | None = None
     tasks: set[asyncio.Task] = set()
     lanes: dict[tuple[int, str], asyncio.Task] = {}
     reading_done = asyncio.Event()
@@ -82,6 +98,7 @@ async def serve_calls(servicer, request_iterator, context: grpc.aio.ServicerCont
         if previous is not None:
             await asyncio.wait([previous])
         method, reply_type = METHODS[field]
+        REPLY_DEFERRABLE.set(call.defer_reply)
         try:
             reply = await getattr(servicer, method)(getattr(call, field), context)
         except grpc.aio.AbortError:
@@ -91,7 +108,13 @@ async def serve_calls(servicer, request_iterator, context: grpc.aio.ServicerCont
             reply = reply_type(errno=errno.EIO)
         message = sockets_pb2.CallReply(id=call.id)
         getattr(message, field).CopyFrom(reply)
-        replies.put_nowait(message)
+        if not call.defer_reply:
+            replies.put_nowait(message)
+            return
+        nonlocal hold_timer
+        held.append(message)
+        if hold_timer is None:
+            hold_timer = loop.call_later(HOLD_SECONDS, replies.put_nowait, _FLUSH_HELD)
 
     def finished(task: asyncio.Task) -> None:
         tasks.discard(task)
@@ -130,23 +153,41 @@ async def serve_calls(servicer, request_iterator, context: grpc.aio.ServicerCont
             if not tasks:
                 replies.put_nowait(None)
 
+    def take_held() -> list[sockets_pb2.CallReply]:
+        nonlocal hold_timer
+        if hold_timer is not None:
+            hold_timer.cancel()
+            hold_timer = None
+        taken = held[:]
+        held.clear()
+        return taken
+
     reader = asyncio.ensure_future(read_calls())
     try:
         while True:
             first = await replies.get()
             if first is None:
+                if held:
+                    yield sockets_pb2.CallReplyBatch(replies=take_held())
                 break
             if isinstance(first, BaseException):
                 raise first
-            batch = sockets_pb2.CallReplyBatch(replies=[first])
+            batch = sockets_pb2.CallReplyBatch()
+            if first is not _FLUSH_HELD:
+                batch.replies.append(first)
             while not replies.empty():
                 more = replies.get_nowait()
                 if more is None or isinstance(more, BaseException):
                     replies.put_nowait(more)
                     break
-                batch.replies.append(more)
-            yield batch
+                if more is not _FLUSH_HELD:
+                    batch.replies.append(more)
+            batch.replies.extend(take_held())
+            if batch.replies:
+                yield batch
     finally:
+        if hold_timer is not None:
+            hold_timer.cancel()
         reader.cancel()
         for task in list(tasks):
             task.cancel()

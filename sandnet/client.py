@@ -42,6 +42,14 @@ def grpc_target(endpoint: str) -> str:
     raise ValueError(f"invalid sockd endpoint {endpoint!r}: expected unix:PATH or tcp:HOST:PORT")
 
 
+# How long the sending side waits for another call to batch with a batch
+# of nothing but deferred-reply calls. A small send() is nearly always
+# followed at once by the recv() of its response, and the two then cost one
+# message on every hop instead of two, as Linux's TCP autocorking keeps a
+# small segment back while more data is likely to follow.
+CORK_SECONDS = 0.0005
+
+
 class CallStream:
     """The session's Calls stream: socket calls from any thread, each completed by its own future.
 
@@ -62,15 +70,19 @@ class CallStream:
         self._reader = threading.Thread(target=self._read_replies, name=f"sandnet-calls-{session[:8]}", daemon=True)
         self._reader.start()
 
-    def submit(self, method: str, request) -> concurrent.futures.Future:
-        """Queue one call and return a future of its CallReply; raise ConnectionError if the stream failed."""
+    def submit(self, method: str, request, defer_reply: bool = False) -> concurrent.futures.Future:
+        """Queue one call and return a future of its CallReply; raise ConnectionError if the stream failed.
+
+        With ``defer_reply``, sockd may hold the reply until it sends another
+        one (see Call.defer_reply), so use it only for a reply that no caller waits for.
+        """
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
             if self._failure is not None:
                 raise ConnectionError(self._failure)
             call_id = next(self._ids)
             self._pending[call_id] = future
-        self._queue.put(calls.make_call(call_id, method, request))
+        self._queue.put(calls.make_call(call_id, method, request, defer_reply))
         return future
 
     def call(self, method: str, request, timeout: float | None):
@@ -82,20 +94,23 @@ class CallStream:
             raise ConnectionError(f"sockd at {self.endpoint}: {method} got no reply within {timeout:g} s") from None
 
     def _batches(self):
+        """Yield the queued calls as batches; each batch takes every call queued when it is taken."""
         while True:
             call = self._queue.get()
             if call is None:
                 return
             batch = sockets_pb2.CallBatch(calls=[call])
+            corked = call.defer_reply
             while True:
                 try:
-                    call = self._queue.get_nowait()
+                    call = self._queue.get(timeout=CORK_SECONDS) if corked else self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if call is None:
                     yield batch
                     return
                 batch.calls.append(call)
+                corked = corked and call.defer_reply
             yield batch
 
     def _read_replies(self) -> None:

@@ -4,10 +4,17 @@ A kernel socket's send() returns as soon as the data is in the socket's
 send buffer, and an error found later (a reset, a closed peer) surfaces on
 a later call. SendBuffer gives a sandnet socket the same behaviour over
 the session's Calls stream: send() copies the data into a local buffer and
-returns while the socket's window has room, and at most one Send call per
-socket is in flight. Data that arrives while a Send is in flight waits and
-leaves in one message when that Send is acknowledged, so many small sends
-cost one message, as Nagle's algorithm makes them cost one segment.
+returns while the socket's window has room.
+
+A send() on an idle socket leaves at once. If it is small, its Call sets
+defer_reply, so sockd and stackd may keep its acknowledgement back until
+their next reply. In a request and response exchange, the acknowledgement
+then rides with the response instead of costing a message on every hop. Data
+sent while a Send is in flight leaves at once only if every Send in flight
+is deferred. Otherwise it waits and leaves in one message when the Send is
+acknowledged, so many small sends cost one message, as Nagle's algorithm
+makes them cost one segment. A Send that is not deferred also makes sockd
+release the acknowledgements it holds, so no send waits behind a held one.
 """
 
 import errno
@@ -23,13 +30,15 @@ from sandnet.v1 import sockets_pb2
 # and sets how far a sender runs ahead of the stack.
 SEND_WINDOW = 512 * 1024
 
+# The largest Send whose acknowledgement may be deferred.
+DEFER_MAX_BYTES = 64 * 1024
+
 
 class SendBuffer:
     """Data of one socket that send() accepted and stackd (or the host kernel) has not yet acknowledged.
 
-    Thread-safe. Order is kept because a socket has one Send in flight at a
-    time, except in flush(), and sockd runs the Send, Shutdown and Close
-    calls of one descriptor in the order they were sent.
+    Thread-safe. Order is kept because sockd runs the Send, Shutdown and
+    Close calls of one descriptor in the order they were sent.
     """
 
     def __init__(self, calls, fd: int, window: int = SEND_WINDOW):
@@ -40,6 +49,7 @@ class SendBuffer:
         self._queued = bytearray()
         self._in_flight = 0
         self._sends_in_flight = 0
+        self._prompt_sends_in_flight = 0
         self._error: OSError | None = None
 
     @property
@@ -68,8 +78,7 @@ class SendBuffer:
 
             count = min(room, len(data))
             self._queued += data[:count]
-            if not self._sends_in_flight:
-                self._submit()
+            self._submit_if_due()
             return count
 
     def flush(self) -> None:
@@ -83,25 +92,36 @@ class SendBuffer:
             error, self._error = self._error, None
             raise error
 
-    def _submit(self) -> None:
+    def _submit_if_due(self) -> None:
+        """Submit the queued data unless a Send that is not deferred is in flight; the caller holds the lock."""
+        if not self._queued or self._prompt_sends_in_flight:
+            return
+        defer = not self._sends_in_flight and len(self._queued) <= DEFER_MAX_BYTES
+        self._submit(defer)
+
+    def _submit(self, defer: bool = False) -> None:
         """Send the queued data as one Send call; the caller holds the lock."""
         data = bytes(self._queued)
         self._queued.clear()
         request = sockets_pb2.SendRequest(fd=self._fd, data=data, timeout_ms=-1)
         try:
-            future = self._calls.submit("Send", request)
+            future = self._calls.submit("Send", request, defer_reply=defer)
         except ConnectionError as error:
             self._error = error
             return
         self._in_flight += len(data)
         self._sends_in_flight += 1
-        future.add_done_callback(lambda done: self._acknowledge(done, len(data)))
+        if not defer:
+            self._prompt_sends_in_flight += 1
+        future.add_done_callback(lambda done: self._acknowledge(done, len(data), defer))
 
-    def _acknowledge(self, future, size: int) -> None:
+    def _acknowledge(self, future, size: int, deferred: bool) -> None:
         """Release the window of one Send and submit what queued meanwhile, or record the Send's error."""
         with self._cond:
             self._in_flight -= size
             self._sends_in_flight -= 1
+            if not deferred:
+                self._prompt_sends_in_flight -= 1
             try:
                 reply = unwrap_reply(future.result())
             except ConnectionError as error:
@@ -117,6 +137,6 @@ class SendBuffer:
             if self._error is not None:
                 # As on Linux, data not yet handed to the stack is lost with the connection.
                 self._queued.clear()
-            elif self._queued and not self._sends_in_flight:
-                self._submit()
+            else:
+                self._submit_if_due()
             self._cond.notify_all()

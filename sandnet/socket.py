@@ -351,6 +351,8 @@ class socket:
         if how in (SHUT_WR, SHUT_RDWR) and self._sendbuf is not None:
             # Buffered data goes before the FIN. Later sends are synchronous
             # again, so they get EPIPE at once, as on Linux.
+            # NOTE: sockd runs the Shutdown after the Sends in flight, so this
+            # call waits while a Send waits for room in a full TCP send buffer.
             self._sendbuf.flush()
             self._sendbuf = None
         self._check(self._call("Shutdown", sockets_pb2.ShutdownRequest(fd=self._fd, how=how)).errno)
@@ -561,12 +563,11 @@ class socket:
         try:
             if buffer is not None:
                 buffer.flush()
-            if buffer is not None and buffer.sends_in_flight:
-                # sockd closes after the Sends in flight, which may wait for
-                # the peer, and close() on Linux does not wait for that either.
-                self._client.calls.submit("Close", sockets_pb2.FdRequest(fd=fd))
-                return
-            self._client.call("Close", sockets_pb2.FdRequest(fd=fd))
+            # close() does not wait for the reply: its only error, EBADF, is
+            # settled here, and sockd closes after the Sends in flight, which
+            # may wait for the peer, while close() on Linux does not wait.
+            # The reply is deferred, so the Close rides with the next call.
+            self._client.calls.submit("Close", sockets_pb2.FdRequest(fd=fd), defer_reply=True)
         except ConnectionError:
             # The session is gone, and sockd closed the socket with it.
             pass

@@ -57,7 +57,8 @@ class StackCallStream:
         call_id = next(self._ids)
         future = asyncio.get_running_loop().create_future()
         self._pending[call_id] = future
-        self._queued.append(calls.make_call(call_id, method, request))
+        # A client call that may get its reply late may get stackd's late too.
+        self._queued.append(calls.make_call(call_id, method, request, calls.REPLY_DEFERRABLE.get()))
         self._wakeup.set()
         try:
             return calls.unwrap_reply(await future)

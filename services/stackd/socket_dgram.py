@@ -124,6 +124,14 @@ class DatagramLayer:
         except NetworkError as error:
             raise SocketError(error.errno, str(error)) from None
         self._autobind(sock)
+        if is_wildcard(sock.local.ip):
+            # As ip4_datagram_connect() does: the source address the route
+            # picks becomes the socket's own, so getsockname() shows it.
+            try:
+                source = self.network.source_for(addr.ip)
+            except NetworkError as error:
+                raise SocketError(error.errno, str(error)) from None
+            sock.local = SockAddr(source, sock.local.port)
         sock.remote = addr
 
     def send(self, sock: DatagramSocket, data: bytes, addr: SockAddr | None) -> int:
@@ -134,7 +142,11 @@ class DatagramLayer:
         if sock.pending_error:
             raise SocketError(sock.take_error(), "pending ICMP error")
         addr = _loopback_for_wildcard(addr)
-        limit = MAX_UDP_PAYLOAD if self.protocol == ipv4.PROTO_UDP else MAX_UDP_PAYLOAD + 8
+        # The largest payload whose datagram fits the 16-bit length field: the
+        # IPv4 total length counts its 20-byte header, the IPv6 payload length does not.
+        limit = MAX_UDP_PAYLOAD if len(addr.ip) == 4 else MAX_UDP_PAYLOAD + 20
+        if self.protocol != ipv4.PROTO_UDP:
+            limit += 8
         if len(data) > limit:
             raise SocketError(errno.EMSGSIZE, f"datagram of {len(data)} bytes exceeds {limit}")
         broadcast = addr.ip == b"\xff\xff\xff\xff" or any(

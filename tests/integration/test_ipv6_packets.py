@@ -548,6 +548,15 @@ def counter_value(client: Client, name: str) -> int:
     return next((c.value for c in client.info("GetCounters").counters if c.name == name), 0)
 
 
+def wait_not_tentative(ns, ifname: str, timeout: float = 10.0) -> None:
+    """Wait until no IPv6 address of ``ifname`` in ``ns`` is still tentative."""
+    deadline = time.monotonic() + timeout
+    while ns.run("ip", "-6", "addr", "show", "dev", ifname, "tentative").stdout.strip():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"IPv6 addresses of {ifname} are still tentative after {timeout} s")
+        time.sleep(0.1)
+
+
 def test_self_configured_link_local_passes_dad():
     # RFC 4862 section 5.4: the address takes traffic once its probe went unanswered for 1 s.
     expected = eui64_link_local(SANDBOX_MAC)
@@ -556,6 +565,9 @@ def test_self_configured_link_local_passes_dad():
         while expected not in link_local_addresses(client) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert expected in link_local_addresses(client)
+        # The peer's kernel runs DAD on its own link-local address too, and
+        # ping has no source address until that finishes.
+        wait_not_tentative(peer, peer_if)
         result = peer.run("ping", "-6", "-c", "2", "-i", "0.5", "-W", "3", f"{expected}%{peer_if}", check=False)
         assert result.returncode == 0, result.stdout + result.stderr
         assert counter_value(client, "Ndp6.DadFailures") == 0

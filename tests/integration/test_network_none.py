@@ -273,3 +273,26 @@ def test_sigterm_with_blocked_accept_exits_cleanly(tmp_path):
     assert "Traceback" not in log
     assert "ERROR" not in log
     assert "stackd stopped" in log
+
+
+def test_connected_udp_reports_chosen_source(client):
+    udp = ssock.socket(ssock.AF_INET, ssock.SOCK_DGRAM, client=client)
+    udp.connect(("127.0.0.1", 9))
+    # Linux binds a connected datagram socket to the source address its route picks.
+    assert udp.getsockname()[0] == "127.0.0.1"
+    udp.close()
+
+
+def test_ipv6_udp_carries_largest_payload(client):
+    receiver = ssock.socket(ssock.AF_INET6, ssock.SOCK_DGRAM, client=client)
+    receiver.bind(("::1", 0))
+    sender = ssock.socket(ssock.AF_INET6, ssock.SOCK_DGRAM, client=client)
+    payload = os.urandom(65527)  # 65535 minus the 8-byte UDP header: IPv6 does not count its own header
+    assert sender.sendto(payload, receiver.getsockname()[:2]) == len(payload)
+    with pytest.raises(OSError) as raised:
+        sender.sendto(payload + b"x", receiver.getsockname()[:2])
+    assert raised.value.errno == errno.EMSGSIZE
+    receiver.settimeout(5)
+    assert receiver.recv(70000) == payload
+    receiver.close()
+    sender.close()
