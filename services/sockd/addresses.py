@@ -51,8 +51,8 @@ def from_host(address: object) -> types_pb2.SockAddr:
 def is_loopback(family: int, addr: types_pb2.SockAddr) -> bool:
     """Tell whether ``addr`` reaches only this host: 127.0.0.0/8, ::1, or a v4-mapped 127.x.
 
-    An empty address counts as loopback because Linux connects a wildcard
-    destination to the local host.
+    An empty or all-zero address counts as loopback because Linux connects a
+    wildcard destination to the local host.
     """
     if not addr.ip:
         return True
@@ -62,4 +62,5 @@ def is_loopback(family: int, addr: types_pb2.SockAddr) -> bool:
         return False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return ip.is_loopback
+    # 0.0.0.0 and :: as a destination mean the local host, as the empty address does.
+    return ip.is_loopback or ip.is_unspecified

@@ -240,6 +240,11 @@ class HostSockets(sockets_pb2_grpc.SocketsServicer):
         if not writable:
             return sockets_pb2.Status(errno=errno.EINPROGRESS)
         code = host_socket.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code == 0:
+            # A second connect() moves the kernel socket from connecting to
+            # connected, so that a later connect() gets EISCONN as a blocking
+            # socket does on Linux.
+            host_socket.sock.connect_ex(address)
         return sockets_pb2.Status(errno=code)
 
     async def Shutdown(self, request, context):

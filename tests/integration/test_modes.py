@@ -165,3 +165,20 @@ def test_reflection_lists_services(mode):
         reply = next(stub.ServerReflectionInfo(iter([request]), timeout=10))
     names = {service.name for service in reply.list_services_response.service}
     assert {"sandnet.v1.Sockets", "sandnet.v1.Netinfo", "grpc.health.v1.Health"} <= names
+
+
+def test_second_connect_is_eisconn(mode):
+    _, _, _, client = mode
+    with snsocket.create_server(("127.0.0.1", 0), client=client) as listener:
+        with snsocket.socket(snsocket.AF_INET, snsocket.SOCK_STREAM, client=client) as sock:
+            sock.settimeout(None)
+            sock.connect(listener.getsockname())
+            # Linux gives EISCONN to a blocking socket that is already connected.
+            assert sock.connect_ex(listener.getsockname()) == errno.EISCONN
+
+
+def test_wildcard_destination_means_loopback(mode):
+    _, _, _, client = mode
+    with snsocket.create_server(("127.0.0.1", 0), client=client) as listener:
+        # Linux connects 0.0.0.0 to the local host.
+        assert connect_errno(client, "0.0.0.0", listener.getsockname()[1]) == 0
