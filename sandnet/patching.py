@@ -28,6 +28,7 @@ import threading
 SOCKET_ATTRIBUTES = (
     "create_connection", "create_server", "getaddrinfo", "gethostbyname", "gethostbyname_ex",
     "gethostbyaddr", "getfqdn", "getnameinfo", "has_dualstack_ipv6",
+    "if_nameindex", "if_nametoindex", "if_indextoname",
 )
 SELECTOR_ATTRIBUTES = ("DefaultSelector", "SelectSelector", "PollSelector", "EpollSelector")
 

@@ -140,6 +140,45 @@ def _numeric_address(family: int, host: str) -> bytes | None:
         return None
 
 
+def if_nameindex(*, client: Client | None = None) -> list[tuple[int, str]]:
+    """Return (index, name) for each interface of the sandbox, as socket.if_nameindex does."""
+    interfaces = (client or Client.default()).info("ListInterfaces").interfaces
+    return [(iface.index, iface.name) for iface in interfaces]
+
+
+def if_nametoindex(name: str, *, client: Client | None = None) -> int:
+    """Return the index of the sandbox interface ``name``; OSError as in the stdlib when unknown."""
+    for index, each in if_nameindex(client=client):
+        if each == name:
+            return index
+    raise OSError(errno.ENXIO, "no interface with this name")
+
+
+def if_indextoname(index: int, *, client: Client | None = None) -> str:
+    """Return the name of the sandbox interface with ``index``; OSError as in the stdlib when unknown."""
+    for each, name in if_nameindex(client=client):
+        if each == index:
+            return name
+    raise OSError(errno.ENXIO, "no interface with this index")
+
+
+def _scope_id(host: str, client: Client | None) -> int:
+    """Return the zone of "fe80::1%eth0" or "fe80::1%2" as an interface index; 0 without one.
+
+    A name is looked up among the sandbox's interfaces, not the host's;
+    an unknown one raises gaierror(EAI_NONAME) as glibc's getaddrinfo does.
+    """
+    _, percent, zone = host.partition("%")
+    if not percent:
+        return 0
+    if zone.isdigit():
+        return int(zone)
+    try:
+        return if_nametoindex(zone, client=client)
+    except OSError:
+        raise gaierror(_socket.EAI_NONAME, f"unknown interface {zone!r} in {host!r}") from None
+
+
 def resolve_host(family: int, host: str, client: Client | None = None) -> bytes:
     """Return the packed address of ``host`` in ``family``: numeric, "localhost", "" or a name.
 
@@ -176,6 +215,8 @@ def to_sockaddr(family: int, address, client: Client | None = None) -> types_pb2
         addr.flowinfo = rest[0]
     if len(rest) > 1:
         addr.scope_id = rest[1]
+    elif family == AF_INET6 and "%" in host:
+        addr.scope_id = _scope_id(host, client)
     return addr
 
 
@@ -733,7 +774,8 @@ def getaddrinfo(host, port, family: int = 0, type: int = 0, proto: int = 0, flag
     kinds = [(type, proto)] if type else list(_DEFAULT_SOCKET_KINDS)
     infos = []
     for index, (each, packed) in enumerate(results):
-        sockaddr = from_sockaddr(each, types_pb2.SockAddr(ip=packed, port=number))
+        scope = _scope_id(host, client) if each == AF_INET6 and host and "%" in host else 0
+        sockaddr = from_sockaddr(each, types_pb2.SockAddr(ip=packed, port=number, scope_id=scope))
         for kind, protocol in kinds:
             canonical = host if flags & AI_CANONNAME and index == 0 and host else ""
             infos.append((AddressFamily(each), SocketKind(kind), protocol or _default_protocol(kind, proto),

@@ -404,3 +404,17 @@ def test_ss_lists_ipv6_listener(sandbox):
     listener.close()
     assert result.returncode == 0, result.stderr
     assert "[::]:8085" in result.stdout
+
+
+def test_scoped_address_text_resolves_to_index(sandbox):
+    nic = sandbox.client.info("ListInterfaces").interfaces[1]
+    infos = ssock.getaddrinfo(f"fe80::1%{nic.name}", 80, ssock.AF_INET6, ssock.SOCK_STREAM,
+                                 client=sandbox.client)
+    assert infos[0][4][3] == nic.index
+    infos = ssock.getaddrinfo(f"fe80::1%{nic.index}", 80, ssock.AF_INET6, ssock.SOCK_STREAM,
+                                 client=sandbox.client)
+    assert infos[0][4][3] == nic.index
+    assert ssock.if_nametoindex(nic.name, client=sandbox.client) == nic.index
+    assert (nic.index, nic.name) in ssock.if_nameindex(client=sandbox.client)
+    with pytest.raises(ssock.gaierror):
+        ssock.getaddrinfo("fe80::1%nosuchif", 80, ssock.AF_INET6, client=sandbox.client)
