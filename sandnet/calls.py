@@ -3,10 +3,10 @@
 A unary RPC costs far more CPU in grpcio than a message on an open stream.
 So the client sends its socket calls as ``Call`` messages in batches on one
 bidirectional stream, and sockd forwards them to stackd the same way.
-This module holds the table that maps a Call's oneof field to the unary
-method and its reply type, and ``serve_calls``, which runs a stream's calls
-on a servicer's unary handlers so that stackd and both sockd modes serve
-the stream with the code that serves the unary RPCs.
+This module contains the table that maps a Call's oneof field to the unary
+method and its reply type. It also contains ``serve_calls``, which runs a
+stream's calls on a servicer's unary handlers. So stackd and both sockd
+modes serve the stream with the code that serves the unary RPCs.
 """
 
 import asyncio
@@ -48,14 +48,14 @@ FIELDS: dict[str, str] = {method: field for field, (method, _) in METHODS.items(
 _LANES = {"send": "send", "shutdown": "send", "close": "send", "recv": "recv", "accept": "recv"}
 
 
-# The longest time serve_calls keeps back a reply whose call set defer_reply.
+# The maximum time in seconds that serve_calls keeps back a reply whose call set defer_reply.
 HOLD_SECONDS = 0.02
 
 # True while a handler runs a call that set defer_reply, so that sockd can
 # set it on the call it forwards to stackd.
 REPLY_DEFERRABLE: contextvars.ContextVar[bool] = contextvars.ContextVar("sandnet_reply_deferrable", default=False)
 
-# Queue marker: send the held replies now.
+# Queue marker: send the deferred replies now.
 _FLUSH_HELD = object()
 
 
@@ -74,21 +74,27 @@ def unwrap_reply(reply: sockets_pb2.CallReply):
     return getattr(reply, field)
 
 
-async def serve_calls(servicer, request_iterator, context: grpc.aio.ServicerContext,
-                      log: logging.Logger) -> AsyncIterator[sockets_pb2.CallReplyBatch]:
+async def serve_calls(servicer, request_iterator, context: grpc.aio.ServicerContext, log: logging.Logger,
+                      keep_lane_order: bool = True) -> AsyncIterator[sockets_pb2.CallReplyBatch]:
     """Run the calls of one Calls stream on ``servicer``'s unary handlers and yield their replies.
 
     Each call runs as its own task with the stream's ``context``, so the
     handlers see the stream's session metadata. Replies that are ready
-    together leave in one batch. The reply of a call with defer_reply is
-    held until another reply leaves or HOLD_SECONDS pass. The stream ends
-    after the caller ends its side and every call has replied. A handler that aborts the context ends
-    the stream with that status. Any other exception of a handler is logged
+    together leave in one batch. The reply of a call with defer_reply waits
+    until another reply leaves or HOLD_SECONDS pass, unless it carries an
+    errno. The stream ends after the caller ends its side and every call has
+    replied. A handler that aborts the context ends the stream with that
+    status. Any other exception of a handler is logged
     and becomes EIO in that call's reply.
+
+    With ``keep_lane_order`` False, a call does not wait for the earlier
+    calls of its lane. That is for a servicer that only forwards calls, in
+    the order they start, to a server that keeps the order itself. Waiting
+    there would also hold a call behind an earlier call's deferred reply.
     """
     loop = asyncio.get_running_loop()
     replies: asyncio.Queue = asyncio.Queue()
-    held: list[sockets_pb2.CallReply] = []
+    deferred_replies: list[sockets_pb2.CallReply] = []
     hold_timer: asyncio.TimerHandle | None = None
     tasks: set[asyncio.Task] = set()
     lanes: dict[tuple[int, str], asyncio.Task] = {}
@@ -108,11 +114,12 @@ async def serve_calls(servicer, request_iterator, context: grpc.aio.ServicerCont
             reply = reply_type(errno=errno.EIO)
         message = sockets_pb2.CallReply(id=call.id)
         getattr(message, field).CopyFrom(reply)
-        if not call.defer_reply:
+        # A failed call's reply leaves at once, so that its error surfaces soon.
+        if not call.defer_reply or getattr(reply, "errno", 0):
             replies.put_nowait(message)
             return
         nonlocal hold_timer
-        held.append(message)
+        deferred_replies.append(message)
         if hold_timer is None:
             hold_timer = loop.call_later(HOLD_SECONDS, replies.put_nowait, _FLUSH_HELD)
 
@@ -131,7 +138,7 @@ async def serve_calls(servicer, request_iterator, context: grpc.aio.ServicerCont
         if field is None:
             log.warning("call %d on the Calls stream has no request; ignored", call.id)
             return
-        lane = _LANES.get(field)
+        lane = _LANES.get(field) if keep_lane_order else None
         previous = None
         key = None
         if lane is not None:
@@ -153,22 +160,22 @@ async def serve_calls(servicer, request_iterator, context: grpc.aio.ServicerCont
             if not tasks:
                 replies.put_nowait(None)
 
-    def take_held() -> list[sockets_pb2.CallReply]:
+    def take_deferred() -> list[sockets_pb2.CallReply]:
         nonlocal hold_timer
         if hold_timer is not None:
             hold_timer.cancel()
             hold_timer = None
-        taken = held[:]
-        held.clear()
-        return taken
+        deferred_now = deferred_replies[:]
+        deferred_replies.clear()
+        return deferred_now
 
     reader = asyncio.ensure_future(read_calls())
     try:
         while True:
             first = await replies.get()
             if first is None:
-                if held:
-                    yield sockets_pb2.CallReplyBatch(replies=take_held())
+                if deferred_replies:
+                    yield sockets_pb2.CallReplyBatch(replies=take_deferred())
                 break
             if isinstance(first, BaseException):
                 raise first
@@ -182,7 +189,7 @@ async def serve_calls(servicer, request_iterator, context: grpc.aio.ServicerCont
                     break
                 if more is not _FLUSH_HELD:
                     batch.replies.append(more)
-            batch.replies.extend(take_held())
+            batch.replies.extend(take_deferred())
             if batch.replies:
                 yield batch
     finally:

@@ -12,9 +12,16 @@ their next reply. In a request and response exchange, the acknowledgement
 then rides with the response instead of costing a message on every hop. Data
 sent while a Send is in flight leaves at once only if every Send in flight
 is deferred. Otherwise it waits and leaves in one message when the Send is
-acknowledged, so many small sends cost one message, as Nagle's algorithm
-makes them cost one segment. A Send that is not deferred also makes sockd
-release the acknowledgements it holds, so no send waits behind a held one.
+acknowledged, so sends from several threads, or the pieces of a large
+sendall(), coalesce. A Send that is not deferred also makes sockd release
+the acknowledgements it keeps back, so no send waits behind a deferred one.
+
+At most MAX_UNACKNOWLEDGED_SENDS send() calls of a socket are unacknowledged
+at a time, and a later send() waits for room. So a send error surfaces no
+later than the second send() after the one that failed, close to Linux,
+where a send() fails at once once the socket has seen a reset. That bound
+also limits coalescing: one thread's run of small sends costs a Send call
+per send(), two of them in each message.
 """
 
 import errno
@@ -33,6 +40,9 @@ SEND_WINDOW = 512 * 1024
 # The largest Send whose acknowledgement may be deferred.
 DEFER_MAX_BYTES = 64 * 1024
 
+# send() calls whose data may be unacknowledged at one time.
+MAX_UNACKNOWLEDGED_SENDS = 2
+
 
 class SendBuffer:
     """Data of one socket that send() accepted and stackd (or the host kernel) has not yet acknowledged.
@@ -50,6 +60,9 @@ class SendBuffer:
         self._in_flight = 0
         self._sends_in_flight = 0
         self._prompt_sends_in_flight = 0
+        # send() calls whose data is queued here, and whose data is in flight.
+        self._writes_queued = 0
+        self._writes_in_flight = 0
         self._error: OSError | None = None
 
     @property
@@ -69,7 +82,7 @@ class SendBuffer:
             while True:
                 self._raise_pending_error()
                 room = self._window - self._in_flight - len(self._queued)
-                if room > 0:
+                if room > 0 and self._writes_queued + self._writes_in_flight < MAX_UNACKNOWLEDGED_SENDS:
                     break
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -78,6 +91,7 @@ class SendBuffer:
 
             count = min(room, len(data))
             self._queued += data[:count]
+            self._writes_queued += 1
             self._submit_if_due()
             return count
 
@@ -103,6 +117,7 @@ class SendBuffer:
         """Send the queued data as one Send call; the caller holds the lock."""
         data = bytes(self._queued)
         self._queued.clear()
+        writes, self._writes_queued = self._writes_queued, 0
         request = sockets_pb2.SendRequest(fd=self._fd, data=data, timeout_ms=-1)
         try:
             future = self._calls.submit("Send", request, defer_reply=defer)
@@ -111,15 +126,17 @@ class SendBuffer:
             return
         self._in_flight += len(data)
         self._sends_in_flight += 1
+        self._writes_in_flight += writes
         if not defer:
             self._prompt_sends_in_flight += 1
-        future.add_done_callback(lambda done: self._acknowledge(done, len(data), defer))
+        future.add_done_callback(lambda done: self._acknowledge(done, len(data), writes, defer))
 
-    def _acknowledge(self, future, size: int, deferred: bool) -> None:
+    def _acknowledge(self, future, size: int, writes: int, deferred: bool) -> None:
         """Release the window of one Send and submit what queued meanwhile, or record the Send's error."""
         with self._cond:
             self._in_flight -= size
             self._sends_in_flight -= 1
+            self._writes_in_flight -= writes
             if not deferred:
                 self._prompt_sends_in_flight -= 1
             try:
@@ -137,6 +154,7 @@ class SendBuffer:
             if self._error is not None:
                 # As on Linux, data not yet handed to the stack is lost with the connection.
                 self._queued.clear()
+                self._writes_queued = 0
             else:
                 self._submit_if_due()
             self._cond.notify_all()

@@ -348,8 +348,13 @@ class ForwardSockets(sockets_pb2_grpc.SocketsServicer):
         return await self._owned("GetSockOpt", request, context, sockets_pb2.GetSockOptReply)
 
     async def Calls(self, request_iterator, context):
-        """Serve the session's socket calls multiplexed on one stream, with the unary handlers of this class."""
-        async for batch in calls.serve_calls(self, request_iterator, context, self.log):
+        """Serve the session's socket calls multiplexed on one stream, with the unary handlers of this class.
+
+        The handlers put each call on stackd's stream in the order the calls
+        start, before their first suspension, and stackd keeps the order of
+        each descriptor's calls, so sockd does not wait for it too.
+        """
+        async for batch in calls.serve_calls(self, request_iterator, context, self.log, keep_lane_order=False):
             yield batch
 
     async def Poll(self, request, context):

@@ -144,8 +144,8 @@ def test_send_to_reset_connection_fails_later(sandbox):
     listener.close()
     failure = None
     try:
-        # The first sends succeed locally; the reset that the closed side
-        # answers with surfaces on a later call, as on Linux.
+        # The first sends succeed locally. The reset that the closed side
+        # sends back surfaces on a later call, as on Linux.
         for _ in range(100):
             try:
                 client.send(b"z" * 100)

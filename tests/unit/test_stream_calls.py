@@ -128,6 +128,31 @@ def test_sends_of_one_fd_keep_order():
     assert servicer.order == ["send first", "send second", "close 1"]
 
 
+def test_lane_order_can_be_left_to_backend():
+    servicer = RecordingServicer()
+
+    async def release_first():
+        while "send second" not in servicer.order:
+            await asyncio.sleep(0.001)
+        servicer.release_first_send.set()
+
+    async def main():
+        requests = asyncio.Queue()
+        requests.put_nowait(sockets_pb2.CallBatch(calls=[send_call(1, b"first"), send_call(2, b"second")]))
+
+        async def request_iterator():
+            yield await requests.get()
+
+        ender = asyncio.ensure_future(release_first())
+        batches = [batch async for batch in calls.serve_calls(servicer, request_iterator(), None, log,
+                                                               keep_lane_order=False)]
+        await ender
+        return batches
+
+    asyncio.run(main())
+    assert servicer.order == ["send second", "send first"]
+
+
 def test_sends_of_other_fds_run_concurrently():
     servicer = RecordingServicer()
 
@@ -216,17 +241,43 @@ def test_large_send_is_not_deferred():
     assert [defer for _, defer, _ in stream.submitted] == [False]
 
 
-def test_small_sends_coalesce_behind_prompt_send():
+def test_send_queues_behind_prompt_send():
     stream = ManualCalls()
     buffer = SendBuffer(stream, fd=4)
-    for piece in (b"a", b"b", b"c", b"d"):
-        buffer.write(memoryview(piece), None)
+    buffer.write(memoryview(b"a"), None)
+    buffer.write(memoryview(b"b"), None)
 
-    # "a" leaves deferred, "b" leaves at once, "c" and "d" wait for "b".
+    # "a" leaves deferred and "b" at once. Once "a" is acknowledged, "c"
+    # waits behind "b" and leaves when "b" is acknowledged.
     assert [(r.data, defer) for r, defer, _ in stream.submitted] == [(b"a", True), (b"b", False)]
+    stream.acknowledge(0)
+    assert buffer.write(memoryview(b"c"), None) == 1
+    assert len(stream.submitted) == 2
     stream.acknowledge(1)
-    assert [(r.data, defer) for r, defer, _ in stream.submitted[2:]] == [(b"cd", False)]
+    assert [r.data for r, _, _ in stream.submitted[2:]] == [b"c"]
     assert all(request.fd == 4 and request.timeout_ms == -1 for request, _, _ in stream.submitted)
+
+
+def test_third_send_waits_for_acknowledgement():
+    stream = ManualCalls()
+    buffer = SendBuffer(stream, fd=4)
+    buffer.write(memoryview(b"a"), None)
+    buffer.write(memoryview(b"b"), None)
+    with pytest.raises(TimeoutError):
+        buffer.write(memoryview(b"c"), 0.01)
+    stream.acknowledge(0)
+    stream.acknowledge(1)
+    assert buffer.write(memoryview(b"c"), 0.01) == 1
+
+
+def test_error_surfaces_within_two_sends():
+    stream = ManualCalls()
+    buffer = SendBuffer(stream, fd=4)
+    buffer.write(memoryview(b"a"), None)
+    buffer.write(memoryview(b"b"), None)
+    stream.acknowledge(0, errno.EPIPE)
+    with pytest.raises(BrokenPipeError):
+        buffer.write(memoryview(b"c"), 0.01)
 
 
 def test_send_error_surfaces_on_next_write():
@@ -254,8 +305,9 @@ def test_flush_submits_behind_prompt_send():
     buffer = SendBuffer(stream, fd=4)
     buffer.write(memoryview(b"a"), None)
     buffer.write(memoryview(b"b"), None)
+    stream.acknowledge(0)
     buffer.write(memoryview(b"c"), None)
     assert len(stream.submitted) == 2
     buffer.flush()
     assert [r.data for r, _, _ in stream.submitted] == [b"a", b"b", b"c"]
-    assert buffer.sends_in_flight == 3
+    assert buffer.sends_in_flight == 2
