@@ -9,7 +9,6 @@ not the speed. docs/performance.md records what it showed.
 """
 
 import argparse
-import contextlib
 import io
 import os
 import pstats

@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 from sandnet_stackd.counters import ArpCounters
 
-# Linux defaults: base_reachable_time 30 s, a stale entry is reconfirmed on
-# use; mcast_solicit 3 requests one retrans_time (1 s) apart; unres_qlen
-# bounds the packets that wait for one neighbor.
+# Linux's defaults: base_reachable_time is 30 s, and a stale entry is
+# confirmed again when used. mcast_solicit sends 3 requests one retrans_time
+# (1 s) apart. unres_qlen bounds the packets that wait for one neighbor.
 REACHABLE_SECONDS = 30.0
 STALE_SECONDS = 60.0
 RETRANSMIT_SECONDS = 1.0
@@ -87,8 +87,8 @@ class NeighborCache:
     def update(self, ip: bytes, mac: bytes, create: bool) -> None:
         """Record ``ip`` at ``mac`` and flush packets waiting for it.
 
-        RFC 826: a sender already in the cache is updated; a new entry is
-        created only when ``create`` is true (the packet was addressed to us).
+        RFC 826: a sender already in the cache is updated. A new entry is
+        created only when ``create`` is true, because the packet was addressed to us.
         """
         entry = self._entries.get(ip)
         if entry is None:

@@ -583,9 +583,9 @@ class Network:
                           lambda: self._neighbor_unreachable(packet))
 
     def _neighbor_unreachable(self, packet: bytes) -> None:
-        """Report EHOSTUNREACH for a packet whose next hop never answered ARP.
+        """Report EHOSTUNREACH for a packet whose next hop never replied to ARP.
 
-        Linux answers such a packet with a local ICMP host unreachable, which
+        Linux replies to such a packet with a local ICMP host unreachable, which
         ends a TCP connection still in SYN_SENT.
         """
         header_len = (packet[0] & 0x0F) * 4

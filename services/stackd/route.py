@@ -38,11 +38,18 @@ class Route:
         return f"{text} dev {self.device}"
 
 
+MAX_CACHED_DESTINATIONS = 4096
+
+
 class RouteTable:
     """Routes of both families; lookup picks the longest prefix, then the lowest metric."""
 
     def __init__(self) -> None:
         self._routes: list[Route] = []
+        # Lookups by destination since the table last changed: every packet
+        # sent does a lookup, and a scan of the table costs a big-integer
+        # shift per route.
+        self._cache: dict[bytes, Route | None] = {}
 
     def add(self, route: Route) -> None:
         """Insert a route, replacing one with the same destination, gateway and device."""
@@ -51,21 +58,29 @@ class RouteTable:
                                 and r.gateway == route.gateway and r.device == route.device)]
         self._routes.append(route)
         self._routes.sort(key=lambda r: (-r.dst_len, r.metric))
+        self._cache.clear()
 
     def remove(self, route: Route) -> None:
         """Drop one route, if present."""
         self._routes = [r for r in self._routes if r is not route]
+        self._cache.clear()
 
     def remove_device(self, device: str) -> None:
         """Drop every route through ``device``."""
         self._routes = [r for r in self._routes if r.device != device]
+        self._cache.clear()
 
     def lookup(self, dst: bytes) -> Route | None:
         """Return the best route to ``dst``, or None when it is unreachable."""
-        for route in self._routes:
-            if route.matches(dst):
-                return route
-        return None
+        try:
+            return self._cache[dst]
+        except KeyError:
+            pass
+        best = next((route for route in self._routes if route.matches(dst)), None)
+        if len(self._cache) >= MAX_CACHED_DESTINATIONS:
+            self._cache.clear()
+        self._cache[dst] = best
+        return best
 
     def routes(self) -> list[Route]:
         """Return every route, most specific first."""

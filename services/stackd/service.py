@@ -1,7 +1,6 @@
 """gRPC services of stackd: the socket API (sandnet.v1.Sockets) and the
 read-only views (sandnet.v1.Netinfo), both on top of ``Stack``."""
 
-import asyncio
 import errno
 import logging
 

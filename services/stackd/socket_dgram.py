@@ -2,7 +2,6 @@
 "ping" sockets of Linux (SOCK_DGRAM with IPPROTO_ICMP or IPPROTO_ICMPV6),
 for IPv4 and IPv6."""
 
-import asyncio
 import collections
 import errno
 import logging
@@ -215,8 +214,8 @@ class DatagramLayer:
             sock.queue.popleft()
             sock.queued_bytes -= len(data) + DATAGRAM_OVERHEAD
         out_flags = MSG_TRUNC if len(data) > max_bytes else 0
-        if flags & MSG_TRUNC:
-            return data[:max_bytes], sender, out_flags  # NOTE: the reply cannot carry the full length
+        # NOTE: with MSG_TRUNC in flags Linux returns the datagram's full length;
+        # RecvReply has no field for it, so the caller sees only the MSG_TRUNC flag.
         return data[:max_bytes], sender, out_flags
 
     def close(self, sock: DatagramSocket) -> None:

@@ -17,7 +17,7 @@ from sandnet_stackd.network import Network, NetworkError
 from sandnet_stackd.offload import TCP_CHECKSUM_OFFSET, TransportOffload
 from sandnet_stackd.sockets import (
     AF_INET6, ANY4, ANY6, IPPROTO_TCP, MSG_PEEK, MSG_WAITALL, POLLERR, POLLHUP, POLLIN, POLLOUT, POLLRDHUP,
-    RMEM_MAX, SO_ACCEPTCONN, SO_KEEPALIVE, SO_RCVBUF, SO_SNDBUF, SOCK_MIN_RCVBUF, SOCK_MIN_SNDBUF,
+    RMEM_MAX, SO_ACCEPTCONN, SO_ERROR, SO_KEEPALIVE, SO_RCVBUF, SO_SNDBUF, SOCK_MIN_RCVBUF, SOCK_MIN_SNDBUF,
     SO_LINGER, SO_OOBINLINE, SOL_SOCKET, SOMAXCONN, TCP_CA_NAME_MAX, TCP_CONGESTION, TCP_CORK, TCP_INFO,
     TCP_KEEPCNT, TCP_LINGER2, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_MAXSEG, TCP_NODELAY, TCP_USER_TIMEOUT,
     WMEM_MAX, PortSpace, SockAddr, Socket, SocketError, addresses_overlap, clamp_buffer, is_wildcard,
@@ -30,7 +30,7 @@ log = logging.getLogger("sandnet.stackd.tcp")
 
 Key = tuple[bytes, int, bytes, int]  # (local ip, local port, remote ip, remote port)
 
-# The SYN queue of a listener holds at most this many half-open connections
+# The SYN queue of a listener contains at most this many half-open connections
 # beyond its backlog (Linux bounds it by tcp_max_syn_backlog).
 MAX_SYN_BACKLOG = 1024
 # A TCP header with the most options, 15 words (RFC 9293 section 3.1).
@@ -186,7 +186,7 @@ class TcpSocket(Socket):
                 return struct.pack("ii", *self.linger)
             if name == SO_OOBINLINE:
                 return pack_int(int(self.oob_inline))
-            if name == 4 and self.conn is not None and self.conn.error and not self.pending_error:
+            if name == SO_ERROR and self.conn is not None and self.conn.error and not self.pending_error:
                 self.pending_error = self.conn.error
                 self.conn.error = 0
         if level == IPPROTO_TCP:
@@ -199,7 +199,7 @@ class TcpSocket(Socket):
             if name == TCP_KEEPCNT:
                 return pack_int(config.keepcnt)
             if name == TCP_MAXSEG:
-                return pack_int(self.conn.mss if self.conn is not None and hasattr(self.conn, "mss") else 536)
+                return pack_int(self.conn.mss if self.conn is not None else 536)
             if name == TCP_CORK:
                 return pack_int(int(config.cork))
             if name == TCP_LINGER2:
@@ -267,7 +267,7 @@ class TcpLayer:
             self._receive_on_listener(listener, header, seg)
             return
 
-        # RFC 9293 section 3.10.7.1: no connection, so answer with a reset.
+        # RFC 9293 section 3.10.7.1: no connection exists, so send a reset.
         self.counters.InSegs += 1
         self._send_reset(header.dst, header.src, seg)
 
@@ -458,7 +458,7 @@ class TcpLayer:
             return True
         for key, endpoint in self.endpoints.items():
             if key[1] == port and addresses_overlap(key[0], ip) and endpoint.socket is None and endpoint.listener is None:
-                # An orphaned connection (TIME_WAIT, FIN_WAIT_2...) holds its port unless SO_REUSEADDR.
+                # An orphaned connection (TIME_WAIT, FIN_WAIT_2...) keeps its port unless SO_REUSEADDR.
                 if sock is None or not sock.reuseaddr:
                     return True
         return False

@@ -5,6 +5,7 @@ client session to sockd."""
 import contextlib
 import dataclasses
 import os
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -14,6 +15,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import netlab  # noqa: E402
 
 from sandnet.client import Client  # noqa: E402
+
+PEER_TOOLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_tools.py")
+
+
+def start_peer_tool(peer: netlab.Netns, *args) -> subprocess.Popen:
+    """Start a peer_tools.py server in ``peer`` and wait for its "ready" line."""
+    proc = peer.popen(sys.executable, PEER_TOOLS, *map(str, args),
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline().strip()
+    if line != "ready":
+        proc.kill()
+        raise AssertionError(f"peer tool {args} did not start: {line!r} {proc.stderr.read()}")
+    return proc
 
 
 @dataclasses.dataclass

@@ -11,12 +11,11 @@ import threading
 
 import pytest
 
-from sandbox_fixture import running_sandbox
+from sandbox_fixture import running_sandbox, start_peer_tool
 from sandnet import socket as ssock
 
 pytestmark = pytest.mark.netns
 
-PEER_TOOLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_tools.py")
 CLI = os.path.join(os.path.dirname(sys.executable), "sandnet")
 
 
@@ -25,15 +24,6 @@ def sandbox():
     with running_sandbox() as box:
         yield box
         print(box.logs())
-
-
-def peer_tool(box, *args) -> subprocess.Popen:
-    """Start a peer tool and wait for its "ready" line."""
-    proc = box.topo.peer.popen(sys.executable, PEER_TOOLS, *map(str, args),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline().strip()
-    assert line == "ready", f"peer tool {args} did not start: {line} {proc.stderr.read() if proc.poll() is not None else ''}"
-    return proc
 
 
 def cli(box, *args, timeout=60) -> subprocess.CompletedProcess:
@@ -119,7 +109,7 @@ def test_peer_curl_reaches_sandbox_listener(sandbox):
 
 def test_bulk_from_peer_matches_sha256(sandbox):
     size = 20 * 1024 * 1024
-    proc = peer_tool(sandbox, "source", 9101, size, 7)
+    proc = start_peer_tool(sandbox.topo.peer, "source", 9101, size, 7)
     conn = sock(sandbox)
     conn.settimeout(120)
     conn.connect((sandbox.topo.peer_ip, 9101))
@@ -136,7 +126,7 @@ def test_bulk_from_peer_matches_sha256(sandbox):
 def test_bulk_to_peer_matches_sha256(sandbox):
     size = 20 * 1024 * 1024
     data = random.Random(11).randbytes(size)
-    proc = peer_tool(sandbox, "sink", 9102)
+    proc = start_peer_tool(sandbox.topo.peer, "sink", 9102)
     conn = sock(sandbox)
     conn.settimeout(120)
     conn.connect((sandbox.topo.peer_ip, 9102))
@@ -148,7 +138,7 @@ def test_bulk_to_peer_matches_sha256(sandbox):
 
 
 def test_udp_round_trip(sandbox):
-    proc = peer_tool(sandbox, "udp-echo", 9103)
+    proc = start_peer_tool(sandbox.topo.peer, "udp-echo", 9103)
     try:
         udp = sock(sandbox, ssock.SOCK_DGRAM)
         udp.settimeout(2)
@@ -177,7 +167,7 @@ def test_connect_to_closed_port_is_refused(sandbox):
 
 
 def test_half_close_lets_peer_answer(sandbox):
-    proc = peer_tool(sandbox, "half-close", 9104)
+    proc = start_peer_tool(sandbox.topo.peer, "half-close", 9104)
     conn = sock(sandbox)
     conn.settimeout(20)
     conn.connect((sandbox.topo.peer_ip, 9104))
@@ -258,7 +248,8 @@ def test_ss_lists_listener(sandbox):
     result = cli(sandbox, "ss")
     listener.close()
     assert result.returncode == 0, result.stderr
-    assert "LISTEN" in result.stdout and ":9300" in result.stdout
+    assert "LISTEN" in result.stdout
+    assert ":9300" in result.stdout
 
 
 def test_bad_descriptor_is_ebadf(sandbox):
@@ -267,7 +258,7 @@ def test_bad_descriptor_is_ebadf(sandbox):
 
 
 def test_connect_to_silent_neighbor_is_ehostunreach(sandbox):
-    # Nobody holds .77 on the veth's subnet, so ARP gives up after three requests
+    # No host uses .77 on the veth's subnet, so ARP gives up after three requests
     # and connect() fails with EHOSTUNREACH, as Linux's does.
     silent = sandbox.topo.sandbox_ip.rsplit(".", 1)[0] + ".77"
     conn = sock(sandbox)

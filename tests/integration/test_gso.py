@@ -22,13 +22,13 @@ import grpc
 import pytest
 
 import netlab
+from sandbox_fixture import start_peer_tool
 from sandnet import socket as ssock
 from sandnet.client import Client
 from sandnet.v1 import link_pb2, link_pb2_grpc
 
 pytestmark = pytest.mark.netns
 
-PEER_TOOLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_tools.py")
 TRANSFER_BYTES = 4 * 1024 * 1024
 MTU = 1500
 ETHERNET_HEADER_SIZE = 14
@@ -113,16 +113,9 @@ def sandbox_services(lab: str, gso: str):
                 client.close()
 
 
-def peer_tool(peer: netlab.Netns, *args) -> subprocess.Popen:
-    proc = peer.popen(sys.executable, PEER_TOOLS, *map(str, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                      text=True)
-    assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
-    return proc
-
-
 def send_to_peer(client: Client, peer: netlab.Netns, peer_ip: str, port: int) -> None:
     data = random.Random(port).randbytes(TRANSFER_BYTES)
-    proc = peer_tool(peer, "sink", port)
+    proc = start_peer_tool(peer, "sink", port)
     conn = ssock.socket(client=client)
     conn.settimeout(60)
     conn.connect((peer_ip, port))
@@ -134,7 +127,7 @@ def send_to_peer(client: Client, peer: netlab.Netns, peer_ip: str, port: int) ->
 
 
 def receive_from_peer(client: Client, peer: netlab.Netns, peer_ip: str, port: int) -> None:
-    proc = peer_tool(peer, "source", port, TRANSFER_BYTES, 5)
+    proc = start_peer_tool(peer, "source", port, TRANSFER_BYTES, 5)
     conn = ssock.socket(client=client)
     conn.settimeout(60)
     conn.connect((peer_ip, port))
@@ -318,7 +311,7 @@ def test_slow_reader_applies_back_pressure():
             stub = link_pb2_grpc.LinkStub(channel)
             client = Client(f"unix:{paths[2]}")
             try:
-                proc = peer_tool(peer, "source", 9306, size, 9)
+                proc = start_peer_tool(peer, "source", 9306, size, 9)
                 conn = ssock.socket(client=client)
                 conn.settimeout(60)
                 conn.connect((peer_ip, 9306))

@@ -4,16 +4,13 @@ the sandbox's own loopback."""
 
 import errno
 import hashlib
-import os
-import subprocess
-import sys
 import threading
 import time
 
 import grpc
 import pytest
 
-from sandbox_fixture import running_sandbox
+from sandbox_fixture import running_sandbox, start_peer_tool
 from sandnet import calls
 from sandnet import socket as ssock
 from sandnet.client import CHANNEL_OPTIONS, SESSION_METADATA, grpc_target
@@ -21,7 +18,6 @@ from sandnet.v1 import sockets_pb2, sockets_pb2_grpc
 
 pytestmark = pytest.mark.netns
 
-PEER_TOOLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_tools.py")
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +25,6 @@ def sandbox():
     with running_sandbox() as box:
         yield box
         print(box.logs())
-
-
-def peer_tool(box, *args) -> subprocess.Popen:
-    """Start a peer tool and wait for its "ready" line."""
-    proc = box.topo.peer.popen(sys.executable, PEER_TOOLS, *map(str, args),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline().strip()
-    assert line == "ready", f"peer tool {args} did not start: {line}"
-    return proc
 
 
 def stream_sock(box) -> ssock.socket:
@@ -66,7 +53,7 @@ def raw_stub(box):
 def test_small_sends_reach_peer_in_order(sandbox):
     pieces = [b"%05d;" % index for index in range(3000)]
     expected = b"".join(pieces)
-    proc = peer_tool(sandbox, "sink", 9201)
+    proc = start_peer_tool(sandbox.topo.peer, "sink", 9201)
     conn = stream_sock(sandbox)
     conn.settimeout(30)
     conn.connect((sandbox.topo.peer_ip, 9201))
@@ -79,7 +66,7 @@ def test_small_sends_reach_peer_in_order(sandbox):
 
 
 def test_buffered_sends_precede_fin(sandbox):
-    proc = peer_tool(sandbox, "half-close", 9202)
+    proc = start_peer_tool(sandbox.topo.peer, "half-close", 9202)
     conn = stream_sock(sandbox)
     conn.settimeout(20)
     conn.connect((sandbox.topo.peer_ip, 9202))

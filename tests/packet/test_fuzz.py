@@ -9,7 +9,7 @@ carry an acceptable RST or FIN, so its state is not checked.
 import hypothesis
 import hypothesis.strategies as st
 
-from bench import ACK, FIN, PSH, RST, SYN, URG, ipv4_frame, tcp_segment
+from bench import ACK, PSH, RST, ipv4_frame, tcp_segment
 
 FLAGS = st.integers(min_value=0, max_value=0xFF)
 OPTIONS = st.one_of(

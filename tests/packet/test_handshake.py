@@ -4,7 +4,7 @@ import errno
 
 import pytest
 
-from bench import (ACK, EXPECT_TIMEOUT, FIN, PEER_ADDR, RST, SYN, option_mss, option_sack_permitted,
+from bench import (ACK, FIN, RST, SYN, option_mss, option_sack_permitted,
                    option_timestamp, option_wscale)
 
 
