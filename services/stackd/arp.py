@@ -1,8 +1,9 @@
 """The ARP neighbor cache (RFC 826, with RFC 1122 section 2.3.2.1 timeouts).
 
-The cache is free of I/O: it calls ``send_request`` to transmit and
-``deliver`` to hand queued packets on once their next hop resolves, and
-reads time from an injected clock. The stack drives ``on_timer``.
+The cache is free of I/O. It calls ``send_request`` to transmit a request,
+and the callbacks given to ``resolve`` to send queued packets once their
+next hop resolves or to report that it never did. It reads time from an
+injected clock, and the stack drives ``on_timer``.
 """
 
 import dataclasses
