@@ -6,6 +6,7 @@ calls travel on one Calls stream per session (sandnet.calls), which costs
 far less than a unary RPC per call.
 """
 
+import collections
 import concurrent.futures
 import itertools
 import os
@@ -66,6 +67,9 @@ class CallStream:
         self._pending: dict[int, concurrent.futures.Future] = {}
         self._lock = threading.Lock()
         self._failure: str | None = None
+        # Calls submitted per method, and batches handed to gRPC: for tests and tuning.
+        self.submitted: collections.Counter[str] = collections.Counter()
+        self.batches_sent = 0
         self._replies = sockets.Calls(self._batches(), metadata=metadata)
         self._reader = threading.Thread(target=self._read_replies, name=f"sandnet-calls-{session[:8]}", daemon=True)
         self._reader.start()
@@ -82,6 +86,7 @@ class CallStream:
                 raise ConnectionError(self._failure)
             call_id = next(self._ids)
             self._pending[call_id] = future
+            self.submitted[method] += 1
         self._queue.put(calls.make_call(call_id, method, request, defer_reply))
         return future
 
@@ -107,10 +112,12 @@ class CallStream:
                 except queue.Empty:
                     break
                 if call is None:
+                    self.batches_sent += 1
                     yield batch
                     return
                 batch.calls.append(call)
                 corked = corked and call.defer_reply
+            self.batches_sent += 1
             yield batch
 
     def _read_replies(self) -> None:

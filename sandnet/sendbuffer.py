@@ -9,19 +9,26 @@ returns while the socket's window has room.
 A send() on an idle socket leaves at once. If it is small, its Call sets
 defer_reply, so sockd and stackd may keep its acknowledgement back until
 their next reply. In a request and response exchange, the acknowledgement
-then rides with the response instead of costing a message on every hop. Data
-sent while a Send is in flight leaves at once only if every Send in flight
-is deferred. Otherwise it waits and leaves in one message when the Send is
-acknowledged, so sends from several threads, or the pieces of a large
-sendall(), coalesce. A Send that is not deferred also makes sockd release
-the acknowledgements it keeps back, so no send waits behind a deferred one.
+then rides with the response instead of costing a message on every hop.
+Data sent while a deferred Send is in flight leaves at once in a Send that
+is not deferred, which also makes sockd release the acknowledgements it
+keeps back. Data sent while such a prompt Send is in flight waits and
+leaves in one message when that Send is acknowledged. So a run of small
+sends, from one thread or from several, costs one Send per round trip to
+stackd, as Linux's TCP autocorking coalesces small writes while earlier
+data is still queued.
 
-At most MAX_UNACKNOWLEDGED_SENDS send() calls of a socket are unacknowledged
-at a time, and a later send() waits for room. So a send error surfaces no
-later than the second send() after the one that failed, close to Linux,
-where a send() fails at once once the socket has seen a reset. That bound
-also limits coalescing: one thread's run of small sends costs a Send call
-per send(), two of them in each message.
+A run of sends starts when send() finds nothing queued or in flight; the
+socket may be dead already (reset while idle). Until the first
+acknowledgement of a run arrives, at most MAX_UNPROVEN_WRITES send() calls
+are accepted, so a send on a connection that is already reset fails no
+later than the third send(), close to Linux, which fails the first. Once
+the run is proven, an error surfaces on the first send() after the
+acknowledgement that carries it arrives, at most one round trip late, and
+the data accepted meanwhile is lost as Linux loses a send buffer to a reset.
+
+The window is the socket's SO_SNDBUF once the application sets it, and
+DEFAULT_WINDOW while the stack tunes the buffer itself.
 """
 
 import errno
@@ -32,16 +39,16 @@ import time
 from sandnet.calls import unwrap_reply
 from sandnet.v1 import sockets_pb2
 
-# Bytes that send() may accept before sockd has acknowledged them: queued
-# here plus carried by the Send in flight. Like SO_SNDBUF, it bounds memory
-# and sets how far a sender runs ahead of the stack.
-SEND_WINDOW = 512 * 1024
+# Bytes that send() may accept before sockd has acknowledged them, while the
+# application has not set SO_SNDBUF: queued here plus carried by the Sends
+# in flight. It bounds memory and sets how far a sender runs ahead of the stack.
+DEFAULT_WINDOW = 512 * 1024
 
 # The largest Send whose acknowledgement may be deferred.
 DEFER_MAX_BYTES = 64 * 1024
 
-# send() calls whose data may be unacknowledged at one time.
-MAX_UNACKNOWLEDGED_SENDS = 2
+# send() calls accepted before the first acknowledgement of a run of sends.
+MAX_UNPROVEN_WRITES = 2
 
 
 class SendBuffer:
@@ -51,7 +58,7 @@ class SendBuffer:
     Close calls of one descriptor in the order they were sent.
     """
 
-    def __init__(self, calls, fd: int, window: int = SEND_WINDOW):
+    def __init__(self, calls, fd: int, window: int = DEFAULT_WINDOW):
         self._calls = calls
         self._fd = fd
         self._window = window
@@ -60,15 +67,26 @@ class SendBuffer:
         self._in_flight = 0
         self._sends_in_flight = 0
         self._prompt_sends_in_flight = 0
-        # send() calls whose data is queued here, and whose data is in flight.
-        self._writes_queued = 0
-        self._writes_in_flight = 0
+        # send() calls accepted in this run before its first acknowledgement;
+        # None once an acknowledgement has proven the connection alive.
+        self._unproven_writes: int | None = 0
         self._error: OSError | None = None
 
     @property
     def sends_in_flight(self) -> int:
         """Send calls submitted and not yet acknowledged."""
         return self._sends_in_flight
+
+    @property
+    def window(self) -> int:
+        """The maximum number of bytes queued and in flight together."""
+        return self._window
+
+    def set_window(self, window: int) -> None:
+        """Change the window, as when the application sets SO_SNDBUF; data already accepted stays."""
+        with self._cond:
+            self._window = max(window, 1)
+            self._cond.notify_all()
 
     def write(self, data: memoryview, timeout: float | None) -> int:
         """Queue as much of ``data`` as the window has room for and return the count, which is at least 1.
@@ -79,10 +97,14 @@ class SendBuffer:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
+            if not self._sends_in_flight and not self._queued:
+                # An idle socket may have been reset meanwhile: a new run starts unproven.
+                self._unproven_writes = 0
             while True:
                 self._raise_pending_error()
                 room = self._window - self._in_flight - len(self._queued)
-                if room > 0 and self._writes_queued + self._writes_in_flight < MAX_UNACKNOWLEDGED_SENDS:
+                unproven = self._unproven_writes
+                if room > 0 and (unproven is None or unproven < MAX_UNPROVEN_WRITES):
                     break
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -91,7 +113,8 @@ class SendBuffer:
 
             count = min(room, len(data))
             self._queued += data[:count]
-            self._writes_queued += 1
+            if unproven is not None:
+                self._unproven_writes = unproven + 1
             self._submit_if_due()
             return count
 
@@ -117,7 +140,6 @@ class SendBuffer:
         """Send the queued data as one Send call; the caller holds the lock."""
         data = bytes(self._queued)
         self._queued.clear()
-        writes, self._writes_queued = self._writes_queued, 0
         request = sockets_pb2.SendRequest(fd=self._fd, data=data, timeout_ms=-1)
         try:
             future = self._calls.submit("Send", request, defer_reply=defer)
@@ -126,17 +148,15 @@ class SendBuffer:
             return
         self._in_flight += len(data)
         self._sends_in_flight += 1
-        self._writes_in_flight += writes
         if not defer:
             self._prompt_sends_in_flight += 1
-        future.add_done_callback(lambda done: self._acknowledge(done, len(data), writes, defer))
+        future.add_done_callback(lambda done: self._acknowledge(done, len(data), defer))
 
-    def _acknowledge(self, future, size: int, writes: int, deferred: bool) -> None:
+    def _acknowledge(self, future, size: int, deferred: bool) -> None:
         """Release the window of one Send and submit what queued meanwhile, or record the Send's error."""
         with self._cond:
             self._in_flight -= size
             self._sends_in_flight -= 1
-            self._writes_in_flight -= writes
             if not deferred:
                 self._prompt_sends_in_flight -= 1
             try:
@@ -154,7 +174,8 @@ class SendBuffer:
             if self._error is not None:
                 # As on Linux, data not yet handed to the stack is lost with the connection.
                 self._queued.clear()
-                self._writes_queued = 0
+                self._unproven_writes = 0
             else:
+                self._unproven_writes = None
                 self._submit_if_due()
             self._cond.notify_all()

@@ -22,6 +22,7 @@ is queued, small sends coalesce, and a failed send surfaces on a later
 send(), as with a kernel socket's send buffer.
 """
 
+import collections
 import errno
 import io
 import itertools
@@ -35,14 +36,14 @@ import weakref
 
 from sandnet.client import Client
 from sandnet.resolver import ResolveError, reverse_lookup_hosts_file
-from sandnet.sendbuffer import SendBuffer
+from sandnet.sendbuffer import DEFAULT_WINDOW, SendBuffer
 from sandnet.v1 import sockets_pb2, types_pb2
 
 from socket import (  # noqa: F401  re-exported for callers that replace the stdlib module
     AF_INET, AF_INET6, AF_UNIX, AF_UNSPEC, AI_CANONNAME, AI_NUMERICHOST, AI_NUMERICSERV, AI_PASSIVE,
     EAI_AGAIN, EAI_NONAME, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP,
     MSG_DONTWAIT, MSG_PEEK, MSG_TRUNC, MSG_WAITALL, NI_NUMERICHOST, NI_NUMERICSERV, SHUT_RD, SHUT_RDWR,
-    SHUT_WR, SO_ERROR, SO_KEEPALIVE, SO_RCVBUF, SO_REUSEADDR, SO_SNDBUF, SOCK_CLOEXEC, SOCK_DGRAM,
+    SHUT_WR, SO_ERROR, SO_KEEPALIVE, SO_LINGER, SO_RCVBUF, SO_REUSEADDR, SO_SNDBUF, SOCK_CLOEXEC, SOCK_DGRAM,
     SOCK_NONBLOCK, SOCK_RAW, SOCK_STREAM, SOL_SOCKET, SOMAXCONN, TCP_NODELAY, AddressFamily, SocketKind,
     gaierror, getdefaulttimeout, gethostname, getservbyname, herror, inet_aton, inet_ntoa, inet_ntop,
     inet_pton, setdefaulttimeout,
@@ -65,6 +66,11 @@ FILENO_BASE = 1 << 30
 # The minimum bytes one Recv requests, and the maximum bytes one Send carries.
 RECV_CHUNK = 256 * 1024
 SEND_CHUNK = 256 * 1024
+
+# The most connections one Accept call takes from stackd's accept queue. The
+# ones that accept() did not ask for yet wait in the listener's local queue,
+# so a busy listener pays one round trip per batch instead of per connection.
+ACCEPT_BATCH = 16
 
 _IP_LENGTHS = {AF_INET: 4, AF_INET6: 16}
 _TYPE_FLAGS = SOCK_NONBLOCK | SOCK_CLOEXEC
@@ -254,8 +260,14 @@ class socket:
         self._fileno = _files.add(self)
         self._timeout = 0.0 if type & SOCK_NONBLOCK else getdefaulttimeout()
         self._rbuf = bytearray()
+        # Connections a listener took from stackd that accept() has not returned yet.
+        self._accepted: collections.deque[sockets_pb2.AcceptReply] = collections.deque()
+        self._backlog = 0
         # Set once the socket is connected; sockets without one send synchronously.
         self._sendbuf: SendBuffer | None = None
+        # The effective SO_SNDBUF once the application set it, which then
+        # bounds the send buffer's window; None leaves the default window.
+        self._send_window: int | None = None
         self._io_refs = 0
         self._closed = False
 
@@ -349,13 +361,29 @@ class socket:
 
     def listen(self, backlog: int = min(SOMAXCONN, 128)) -> None:
         self._check(self._call("Listen", sockets_pb2.ListenRequest(fd=self._fd, backlog=max(backlog, 0))).errno)
+        self._backlog = max(backlog, 0)
 
     def accept(self) -> tuple["socket", tuple]:
-        """Accept a connection; return the new socket and the peer's address."""
-        timeout_ms = _timeout_ms(self._timeout)
-        reply = self._call("Accept", sockets_pb2.AcceptRequest(fd=self._fd, timeout_ms=timeout_ms), timeout_ms)
-        self._check(reply.errno)
+        """Accept a connection; return the new socket and the peer's address.
+
+        One Accept call takes up to ACCEPT_BATCH connections (no more than
+        the backlog) that stackd has established; the others wait here for
+        the next accept() calls.
+        """
+        if self._fd < 0:
+            _raise_errno(errno.EBADF)
+        try:
+            reply = self._accepted.popleft()
+        except IndexError:
+            timeout_ms = _timeout_ms(self._timeout)
+            request = sockets_pb2.AcceptRequest(fd=self._fd, timeout_ms=timeout_ms,
+                                                max_count=max(1, min(ACCEPT_BATCH, self._backlog)))
+            reply = self._call("Accept", request, timeout_ms)
+            self._check(reply.errno)
+            self._accepted.extend(reply.more)
         conn = socket(self._family, self._type, self._proto, fileno=reply.fd, client=self._client)
+        # As on Linux, an accepted socket inherits the listener's SO_SNDBUF.
+        conn._send_window = self._send_window
         conn._start_send_buffer()
         return conn, from_sockaddr(self._family, reply.peer)
 
@@ -402,7 +430,7 @@ class socket:
 
     def _start_send_buffer(self) -> None:
         if self._type == SOCK_STREAM and self._sendbuf is None:
-            self._sendbuf = SendBuffer(self._client.calls, self._fd)
+            self._sendbuf = SendBuffer(self._client.calls, self._fd, self._send_window or DEFAULT_WINDOW)
 
     def _send(self, data, flags: int, addr: types_pb2.SockAddr | None, timeout_ms: int) -> int:
         if self._fd < 0:
@@ -525,8 +553,8 @@ class socket:
         return len(data), address
 
     def pending(self) -> int:
-        """Return the number of bytes in the local receive buffer."""
-        return len(self._rbuf)
+        """Return the bytes in the local receive buffer, or for a listener the connections queued locally."""
+        return len(self._rbuf) or len(self._accepted)
 
     # Options.
 
@@ -540,6 +568,13 @@ class socket:
             payload = bytes(value)
         request = sockets_pb2.SetSockOptRequest(fd=self._fd, level=level, name=optname, value=payload)
         self._check(self._call("SetSockOpt", request).errno)
+        if level == SOL_SOCKET and optname == SO_SNDBUF and self._type == SOCK_STREAM:
+            # The client's send buffer holds what the socket's send buffer
+            # would, so it follows the size the stack applied (doubled and
+            # clamped as Linux does).
+            self._send_window = self.getsockopt(SOL_SOCKET, SO_SNDBUF)
+            if self._sendbuf is not None:
+                self._sendbuf.set_window(self._send_window)
 
     def getsockopt(self, level: int, optname: int, buflen: int | None = None):
         """Return an int option, or the raw bytes when ``buflen`` is given."""
@@ -586,6 +621,15 @@ class socket:
         text.mode = mode
         return text
 
+    def _reset_unaccepted(self) -> None:
+        """Reset the connections queued here that accept() never returned, as Linux resets a closed listener's queue."""
+        linger_zero = struct.pack("ii", 1, 0)
+        while self._accepted:
+            fd = self._accepted.popleft().fd
+            self._client.calls.submit("SetSockOpt", sockets_pb2.SetSockOptRequest(
+                fd=fd, level=SOL_SOCKET, name=SO_LINGER, value=linger_zero), defer_reply=True)
+            self._client.calls.submit("Close", sockets_pb2.FdRequest(fd=fd), defer_reply=True)
+
     def _decref_socketios(self) -> None:
         if self._io_refs > 0:
             self._io_refs -= 1
@@ -602,6 +646,7 @@ class socket:
         self._rbuf.clear()
         buffer, self._sendbuf = self._sendbuf, None
         try:
+            self._reset_unaccepted()
             if buffer is not None:
                 buffer.flush()
             # close() does not wait for the reply: its only error, EBADF, is
@@ -683,7 +728,7 @@ def poll(entries, timeout: float | None = None) -> list[tuple[socket, int]]:
     if len(clients) != 1:
         raise ValueError("poll() needs sockets of one sandnet Client")
 
-    local = {id(sock): POLLIN for sock, events in entries if events & POLLIN and sock._rbuf}
+    local = {id(sock): POLLIN for sock, events in entries if events & POLLIN and sock.pending()}
     timeout_ms = 0 if local else _timeout_ms(timeout)
     request = sockets_pb2.PollRequest(fds=[sockets_pb2.PollFd(fd=sock._fd, events=events) for sock, events in entries],
                                       timeout_ms=timeout_ms)

@@ -285,8 +285,9 @@ class ForwardSockets(sockets_pb2_grpc.SocketsServicer):
             return sockets_pb2.AcceptReply(errno=errno.EBADF)
         reply = await self._forward("Accept", request, sockets_pb2.AcceptReply)
         if reply.errno == 0:
-            session.fds.add(reply.fd)
-            self.families[reply.fd] = self.families.get(request.fd, 0)
+            for accepted in (reply, *reply.more):
+                session.fds.add(accepted.fd)
+                self.families[accepted.fd] = self.families.get(request.fd, 0)
         return reply
 
     async def Close(self, request, context):

@@ -88,10 +88,20 @@ class SocketsService(sockets_pb2_grpc.SocketsServicer):
 
     async def Accept(self, request, context):
         try:
-            child = await self.stack.accept(self.stack.lookup(request.fd, _session(context)), request.timeout_ms)
+            listener = self.stack.lookup(request.fd, _session(context))
+            child = await self.stack.accept(listener, request.timeout_ms)
         except SocketError as error:
             return sockets_pb2.AcceptReply(errno=error.errno)
-        return sockets_pb2.AcceptReply(fd=child.fd, peer=self._proto(child.remote, child.family))
+        reply = sockets_pb2.AcceptReply(fd=child.fd, peer=self._proto(child.remote, child.family))
+
+        # Connections already established ride along, up to max_count in all.
+        for _ in range(1, request.max_count):
+            try:
+                child = await self.stack.accept(listener, 0)
+            except SocketError:
+                break
+            reply.more.add(fd=child.fd, peer=self._proto(child.remote, child.family))
+        return reply
 
     async def Connect(self, request, context):
         try:

@@ -182,3 +182,102 @@ def test_unary_calls_still_served(sandbox):
     reply = sandbox.client.call_unary("Socket", sockets_pb2.SocketRequest(family=ssock.AF_INET, type=ssock.SOCK_STREAM))
     assert reply.errno == 0
     assert sandbox.client.call_unary("Close", sockets_pb2.FdRequest(fd=reply.fd)).errno == 0
+
+
+def test_one_threads_small_sends_coalesce(sandbox):
+    # 3,000 small sends from one thread cost one Send per round trip to
+    # stackd once the first acknowledgement proves the connection alive.
+    pieces = [b"%05d;" % index for index in range(3000)]
+    proc = start_peer_tool(sandbox.topo.peer, "sink", 9211)
+    client = sandbox.client
+    conn = stream_sock(sandbox)
+    conn.settimeout(30)
+    conn.connect((sandbox.topo.peer_ip, 9211))
+    before = client.calls.submitted["Send"]
+    for piece in pieces:
+        assert conn.send(piece) == len(piece)
+    sends = client.calls.submitted["Send"] - before
+    conn.close()
+    length, digest = proc.communicate(timeout=60)[0].split()
+    assert int(length) == len(b"".join(pieces))
+    assert digest == hashlib.sha256(b"".join(pieces)).hexdigest()
+    assert sends < len(pieces) // 4, f"{sends} Send calls for {len(pieces)} sends"
+
+
+def test_send_window_follows_sndbuf(sandbox):
+    listener, client, accepted = loopback_pair(sandbox, 9212)
+    try:
+        assert client._sendbuf.window == 512 * 1024
+        client.setsockopt(ssock.SOL_SOCKET, ssock.SO_SNDBUF, 4096)
+        # Linux doubles the value; the client's window is what the stack applied.
+        applied = client.getsockopt(ssock.SOL_SOCKET, ssock.SO_SNDBUF)
+        assert applied == 8192
+        assert client._sendbuf.window == applied
+
+        # A reader that does not read: the sender stops at the window plus
+        # what stackd's buffers and the receiver's window hold, and a timeout ends send().
+        client.settimeout(0.5)
+        total = 0
+        with pytest.raises(TimeoutError):
+            for _ in range(2000):
+                total += client.send(b"w" * 4096)
+        assert total < 4 * 1024 * 1024
+        received = 0
+        while received < total:
+            received += len(accepted.recv(1 << 20))
+        assert received == total
+    finally:
+        for each in (listener, client, accepted):
+            each.close()
+
+
+def test_listener_inherits_sndbuf_window(sandbox):
+    listener = stream_sock(sandbox)
+    listener.setsockopt(ssock.SOL_SOCKET, ssock.SO_SNDBUF, 16384)
+    listener.bind(("127.0.0.1", 9213))
+    listener.listen(4)
+    client = stream_sock(sandbox)
+    try:
+        client.settimeout(10)
+        client.connect(("127.0.0.1", 9213))
+        listener.settimeout(10)
+        accepted, _ = listener.accept()
+        assert accepted._sendbuf.window == 32768
+        accepted.close()
+    finally:
+        listener.close()
+        client.close()
+
+
+def test_accept_takes_a_batch_and_close_resets_the_rest(sandbox):
+    listener = stream_sock(sandbox)
+    listener.bind(("127.0.0.1", 9214))
+    listener.listen(16)
+    clients = []
+    try:
+        for _ in range(6):
+            conn = stream_sock(sandbox)
+            conn.settimeout(10)
+            conn.connect(("127.0.0.1", 9214))
+            clients.append(conn)
+        listener.settimeout(10)
+        first, _ = listener.accept()
+        # The other five came with the first Accept and wait in the listener.
+        assert listener.pending() == 5
+        assert ssock.poll([(listener, ssock.POLLIN)], 0) == [(listener, ssock.POLLIN)]
+        second, peer = listener.accept()
+        assert peer == clients[1].getsockname()
+        clients[1].sendall(b"hello")
+        assert second.recv(10) == b"hello"
+
+        # Closing the listener resets the connections accept() never returned, as Linux does.
+        listener.close()
+        for conn in clients[2:]:
+            with pytest.raises(ConnectionResetError):
+                conn.recv(10)
+        first.close()
+        second.close()
+    finally:
+        listener.close()
+        for conn in clients:
+            conn.close()

@@ -311,3 +311,54 @@ def test_flush_submits_behind_prompt_send():
     buffer.flush()
     assert [r.data for r, _, _ in stream.submitted] == [b"a", b"b", b"c"]
     assert buffer.sends_in_flight == 2
+
+
+def test_proven_run_coalesces_small_sends():
+    stream = ManualCalls()
+    buffer = SendBuffer(stream, fd=4)
+    buffer.write(memoryview(b"a"), None)
+    buffer.write(memoryview(b"b"), None)
+    stream.acknowledge(0)
+
+    # The acknowledgement proves the connection alive, so one thread's run of
+    # small sends queues behind the prompt Send in flight without a count limit.
+    for _ in range(50):
+        assert buffer.write(memoryview(b"c"), 0.01) == 1
+    assert len(stream.submitted) == 2
+    stream.acknowledge(1)
+    assert [r.data for r, _, _ in stream.submitted[2:]] == [b"c" * 50]
+
+
+def test_idle_socket_starts_an_unproven_run():
+    stream = ManualCalls()
+    buffer = SendBuffer(stream, fd=4)
+    buffer.write(memoryview(b"a"), None)
+    stream.acknowledge(0)
+    buffer.write(memoryview(b"b"), None)
+    buffer.write(memoryview(b"c"), None)
+    with pytest.raises(TimeoutError):
+        buffer.write(memoryview(b"d"), 0.01)
+
+
+def test_error_after_proven_run_surfaces_on_next_write():
+    stream = ManualCalls()
+    buffer = SendBuffer(stream, fd=4)
+    buffer.write(memoryview(b"a"), None)
+    buffer.write(memoryview(b"b"), None)
+    stream.acknowledge(0)
+    buffer.write(memoryview(b"c"), None)
+    stream.acknowledge(1, errno.ECONNRESET)
+    with pytest.raises(ConnectionResetError):
+        buffer.write(memoryview(b"d"), 0.01)
+    # The queued "c" is lost with the connection, as a reset empties Linux's send buffer.
+    assert [r.data for r, _, _ in stream.submitted] == [b"a", b"b"]
+
+
+def test_set_window_bounds_later_writes():
+    stream = ManualCalls()
+    buffer = SendBuffer(stream, fd=4)
+    buffer.set_window(8)
+    assert buffer.window == 8
+    assert buffer.write(memoryview(b"0123456789"), None) == 8
+    with pytest.raises(TimeoutError):
+        buffer.write(memoryview(b"x"), 0.01)
