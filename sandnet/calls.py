@@ -12,8 +12,9 @@ modes serve the stream with the code that serves the unary RPCs.
 import asyncio
 import contextvars
 import errno
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
@@ -74,8 +75,14 @@ def unwrap_reply(reply: sockets_pb2.CallReply):
     return getattr(reply, field)
 
 
+# A servicer's shortcut for some calls: it returns a future of the call's
+# CallReply, or None to have the call served by its unary handler.
+FastPath = Callable[[sockets_pb2.Call, str], "asyncio.Future | None"]
+
+
 async def serve_calls(servicer, request_iterator, context: grpc.aio.ServicerContext, log: logging.Logger,
-                      keep_lane_order: bool = True) -> AsyncIterator[sockets_pb2.CallReplyBatch]:
+                      keep_lane_order: bool = True,
+                      fast_path: FastPath | None = None) -> AsyncIterator[sockets_pb2.CallReplyBatch]:
     """Run the calls of one Calls stream on ``servicer``'s unary handlers and yield their replies.
 
     Each call runs as its own task with the stream's ``context``, so the
@@ -91,12 +98,17 @@ async def serve_calls(servicer, request_iterator, context: grpc.aio.ServicerCont
     calls of its lane. That is for a servicer that only forwards calls, in
     the order they start, to a server that keeps the order itself. Waiting
     there would also hold a call behind an earlier call's deferred reply.
+
+    ``fast_path(call, field)`` is offered every call first, in the order the
+    calls arrive. It serves the call without a task when it returns a
+    future: the future's CallReply leaves as it is, its errors are logged
+    and become EIO, and defer_reply is left to the server behind it.
     """
     loop = asyncio.get_running_loop()
     replies: asyncio.Queue = asyncio.Queue()
     deferred_replies: list[sockets_pb2.CallReply] = []
     hold_timer: asyncio.TimerHandle | None = None
-    tasks: set[asyncio.Task] = set()
+    tasks: set[asyncio.Future] = set()
     lanes: dict[tuple[int, str], asyncio.Task] = {}
     reading_done = asyncio.Event()
 
@@ -123,14 +135,27 @@ async def serve_calls(servicer, request_iterator, context: grpc.aio.ServicerCont
         if hold_timer is None:
             hold_timer = loop.call_later(HOLD_SECONDS, replies.put_nowait, _FLUSH_HELD)
 
-    def finished(task: asyncio.Task) -> None:
+    def finished(key: tuple[int, str] | None, task: asyncio.Task) -> None:
         tasks.discard(task)
-        for key, last in list(lanes.items()):
-            if last is task:
-                del lanes[key]
+        if key is not None and lanes.get(key) is task:
+            del lanes[key]
         if not task.cancelled() and task.exception() is not None:
             replies.put_nowait(task.exception())
         elif reading_done.is_set() and not tasks:
+            replies.put_nowait(None)
+
+    def fast_finished(call_id: int, field: str, future: asyncio.Future) -> None:
+        tasks.discard(future)
+        if future.cancelled():
+            return
+        if future.exception() is None:
+            replies.put_nowait(future.result())
+        else:
+            log.error("%s call %d on the Calls stream failed: %r", METHODS[field][0], call_id, future.exception())
+            message = sockets_pb2.CallReply(id=call_id)
+            getattr(message, field).CopyFrom(METHODS[field][1](errno=errno.EIO))
+            replies.put_nowait(message)
+        if reading_done.is_set() and not tasks:
             replies.put_nowait(None)
 
     def start(call: sockets_pb2.Call) -> None:
@@ -138,6 +163,13 @@ async def serve_calls(servicer, request_iterator, context: grpc.aio.ServicerCont
         if field is None:
             log.warning("call %d on the Calls stream has no request; ignored", call.id)
             return
+        if fast_path is not None:
+            call_id = call.id
+            future = fast_path(call, field)
+            if future is not None:
+                tasks.add(future)
+                future.add_done_callback(lambda done: fast_finished(call_id, field, done))
+                return
         lane = _LANES.get(field) if keep_lane_order else None
         previous = None
         key = None
@@ -148,7 +180,7 @@ async def serve_calls(servicer, request_iterator, context: grpc.aio.ServicerCont
         tasks.add(task)
         if key is not None:
             lanes[key] = task
-        task.add_done_callback(finished)
+        task.add_done_callback(functools.partial(finished, key))
 
     async def read_calls() -> None:
         try:

@@ -67,7 +67,7 @@ FILENO_BASE = 1 << 30
 RECV_CHUNK = 256 * 1024
 SEND_CHUNK = 256 * 1024
 
-# The most connections one Accept call takes from stackd's accept queue. The
+# The maximum number of connections one Accept call takes from stackd's accept queue. The
 # ones that accept() did not ask for yet wait in the listener's local queue,
 # so a busy listener pays one round trip per batch instead of per connection.
 ACCEPT_BATCH = 16

@@ -5,7 +5,9 @@ stackd can still hand over one frame per 64 KiB of TCP data and the gRPC
 stream carries few messages. The rules follow the kernel's tcp_gso_segment()
 (net/ipv4/tcp_offload.c): every segment gets the same headers with its own
 sequence number, IP length, IPv4 identification and checksums; FIN and PSH
-stay on the last segment only and CWR on the first only.
+stay on the last segment only and CWR on the first only. A TCPv6 frame may
+carry Hop-by-Hop, Routing (with no segments left) and Destination Options
+headers before TCP; each segment repeats them.
 """
 
 import struct
@@ -16,6 +18,13 @@ ETHERTYPE_IPV4 = 0x0800
 ETHERTYPE_IPV6 = 0x86DD
 PROTO_TCP = 6
 IPV6_HEADER_SIZE = 40
+# IPv6 extension headers that may precede TCP in a GSO frame. A Fragment
+# header may not, because a fragment cannot be segmented.
+IPV6_HOP_BY_HOP = 0
+IPV6_ROUTING = 43
+IPV6_DEST_OPTS = 60
+# RFC 8200 section 4.1 allows each header once, Destination Options twice.
+MAX_IPV6_EXTENSION_HEADERS = 4
 TCP_FIN = 0x01
 TCP_PSH = 0x08
 TCP_CWR = 0x80
@@ -65,9 +74,9 @@ def complete_checksum(frame: bytes, header: vnet.VnetHeader) -> bytes:
 def segment(frame: bytes, header: vnet.VnetHeader) -> list[bytes]:
     """Cut a TCPv4 or TCPv6 GSO frame into frames of at most gso_size payload bytes.
 
-    Raise GsoError for a frame that is not plain Ethernet + IPv4/IPv6 + TCP
-    (VLAN tags and IPv6 extension headers are not handled), for gso_size 0,
-    and for lengths that do not add up.
+    Raise GsoError for a frame that is not Ethernet + IPv4/IPv6 + TCP (VLAN
+    tags, IPv6 Fragment headers and Routing headers with segments left are
+    not handled), for gso_size 0, and for lengths that do not add up.
     """
     gso_type = header.gso_type & ~vnet.GSO_ECN
     if gso_type not in (vnet.GSO_TCPV4, vnet.GSO_TCPV6):
@@ -117,7 +126,7 @@ def segment(frame: bytes, header: vnet.VnetHeader) -> list[bytes]:
             _U16.pack_into(out, eth + 10, _checksum(memoryview(out)[eth:tcp]))
             pseudo = _ones_complement_sum(src + dst + _U16.pack(protocol_sum) + _U16.pack(tcp_length))
         else:
-            _U16.pack_into(out, eth + 4, tcp_length)
+            _U16.pack_into(out, eth + 4, ip_size - IPV6_HEADER_SIZE + tcp_length)
             pseudo = _ones_complement_sum(src + dst + _U32.pack(tcp_length) + _U32.pack(protocol_sum))
 
         _U16.pack_into(out, tcp + _TCP_CHECKSUM_OFFSET, 0)
@@ -127,7 +136,8 @@ def segment(frame: bytes, header: vnet.VnetHeader) -> list[bytes]:
 
 
 def _ip_header(frame: bytes, gso_type: int) -> tuple[int, bytes, bytes]:
-    """Return the IP header length and the source and destination addresses; raise GsoError if unusable."""
+    """Return the IP header length (IPv6 extension headers included) and the
+    source and destination addresses. Raise GsoError if they are unusable."""
     eth = vnet.ETHERNET_HEADER_SIZE
     if len(frame) < eth + 20:
         raise GsoError(f"GSO frame of {len(frame)} bytes is too short for its headers")
@@ -143,6 +153,30 @@ def _ip_header(frame: bytes, gso_type: int) -> tuple[int, bytes, bytes]:
 
     if ethertype != ETHERTYPE_IPV6:
         raise GsoError(f"TCPv6 GSO frame with ethertype {ethertype:#06x}")
-    if len(frame) < eth + IPV6_HEADER_SIZE or frame[eth + 6] != PROTO_TCP:
-        raise GsoError("TCPv6 GSO frame whose next header is not TCP")
-    return IPV6_HEADER_SIZE, bytes(frame[eth + 8:eth + 24]), bytes(frame[eth + 24:eth + 40])
+    if len(frame) < eth + IPV6_HEADER_SIZE or frame[eth] >> 4 != 6:
+        raise GsoError("TCPv6 GSO frame without a valid IPv6 header")
+    return _ipv6_header_size(frame), bytes(frame[eth + 8:eth + 24]), bytes(frame[eth + 24:eth + 40])
+
+
+def _ipv6_header_size(frame: bytes) -> int:
+    """Return the length of the IPv6 header and the extension headers before TCP, or raise GsoError."""
+    eth = vnet.ETHERNET_HEADER_SIZE
+    next_header = frame[eth + 6]
+    offset = eth + IPV6_HEADER_SIZE
+    for _ in range(MAX_IPV6_EXTENSION_HEADERS):
+        if next_header == PROTO_TCP:
+            return offset - eth
+        if next_header not in (IPV6_HOP_BY_HOP, IPV6_ROUTING, IPV6_DEST_OPTS):
+            raise GsoError(f"TCPv6 GSO frame with next header {next_header} before TCP")
+        if next_header == IPV6_HOP_BY_HOP and offset != eth + IPV6_HEADER_SIZE:
+            raise GsoError("TCPv6 GSO frame with a Hop-by-Hop header after another extension header")
+        if offset + 8 > len(frame):
+            raise GsoError(f"IPv6 extension header at {offset} lies outside the frame of {len(frame)} bytes")
+        if next_header == IPV6_ROUTING and frame[offset + 3]:
+            # The pseudo-header would need the final destination from the Routing header.
+            raise GsoError("TCPv6 GSO frame with a Routing header that has segments left")
+        next_header = frame[offset]
+        offset += (frame[offset + 1] + 1) * 8
+    if next_header != PROTO_TCP:
+        raise GsoError(f"TCPv6 GSO frame with more than {MAX_IPV6_EXTENSION_HEADERS} extension headers")
+    return offset - eth

@@ -45,6 +45,8 @@ class StackCallStream:
         self._stream = sockets.Calls(metadata=metadata)
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
+        # Calls relayed as they are: stackd's call id -> (future, the client's call id, request field).
+        self._relayed: dict[int, tuple[asyncio.Future, int, str]] = {}
         self._queued: list[sockets_pb2.Call] = []
         self._wakeup = asyncio.Event()
         self._failure: str | None = None
@@ -65,6 +67,22 @@ class StackCallStream:
         finally:
             self._pending.pop(call_id, None)
 
+    def relay(self, call: sockets_pb2.Call, field: str) -> asyncio.Future:
+        """Send a client's Call to stackd unchanged but for its id; return a future of stackd's CallReply.
+
+        The reply carries the client's call id again. If the stream fails,
+        the reply is ENETDOWN. Raises ConnectionError if it failed already.
+        """
+        if self._failure is not None:
+            raise ConnectionError(self._failure)
+        call_id = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        self._relayed[call_id] = (future, call.id, field)
+        call.id = call_id
+        self._queued.append(call)
+        self._wakeup.set()
+        return future
+
     async def _write_batches(self) -> None:
         try:
             while True:
@@ -82,6 +100,12 @@ class StackCallStream:
         try:
             async for batch in self._stream:
                 for reply in batch.replies:
+                    relayed = self._relayed.pop(reply.id, None)
+                    if relayed is not None:
+                        future, reply.id, _ = relayed
+                        if not future.done():
+                            future.set_result(reply)
+                        continue
                     future = self._pending.get(reply.id)
                     if future is not None and not future.done():
                         future.set_result(reply)
@@ -94,10 +118,16 @@ class StackCallStream:
     def _fail(self, reason: str) -> None:
         if self._failure is None:
             self._failure = reason
-            self.log.warning("%s; %d call(s) in flight get ENETDOWN", reason, len(self._pending))
+            self.log.warning("%s; %d call(s) in flight get ENETDOWN", reason, len(self._pending) + len(self._relayed))
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(ConnectionError(reason))
+        relayed, self._relayed = self._relayed, {}
+        for future, client_id, field in relayed.values():
+            if not future.done():
+                reply = sockets_pb2.CallReply(id=client_id)
+                getattr(reply, field).CopyFrom(calls.METHODS[field][1](errno=errno.ENETDOWN))
+                future.set_result(reply)
 
     def close(self) -> None:
         """Cancel the stream; calls still waiting raise ConnectionError."""
@@ -185,6 +215,12 @@ class StackLink:
 
     async def close(self) -> None:
         await self.channel.close()
+
+
+# Calls that need nothing of sockd but the ownership check, so the Calls
+# stream relays them to stackd as they are, without a task per call.
+_RELAYED_FIELDS = frozenset({"send", "recv", "shutdown", "listen", "get_sock_name", "get_peer_name",
+                             "set_sock_opt", "get_sock_opt"})
 
 
 class ForwardSockets(sockets_pb2_grpc.SocketsServicer):
@@ -349,13 +385,36 @@ class ForwardSockets(sockets_pb2_grpc.SocketsServicer):
         return await self._owned("GetSockOpt", request, context, sockets_pb2.GetSockOptReply)
 
     async def Calls(self, request_iterator, context):
-        """Serve the session's socket calls multiplexed on one stream, with the unary handlers of this class.
+        """Serve the session's socket calls multiplexed on one stream.
 
-        The handlers put each call on stackd's stream in the order the calls
-        start, before their first suspension, and stackd keeps the order of
-        each descriptor's calls, so sockd does not wait for it too.
+        Data and option calls on the caller's own descriptors are relayed to
+        stackd's stream as they arrive; the others run the unary handlers of
+        this class, which put each call on stackd's stream before their first
+        suspension. stackd keeps the order of each descriptor's calls, so
+        sockd does not wait for it too.
         """
-        async for batch in calls.serve_calls(self, request_iterator, context, self.log, keep_lane_order=False):
+        session_id = self.sessions.session_id(context)
+
+        def relay(call: sockets_pb2.Call, field: str) -> asyncio.Future | None:
+            # Calls that may need more than a relay (an unknown session or
+            # descriptor, a lost stackd, a destination to check) take the
+            # unary handlers, which answer them.
+            if field not in _RELAYED_FIELDS:
+                return None
+            request = getattr(call, field)
+            if field == "send" and request.HasField("addr"):
+                return None
+            session = self.sessions.get(session_id)
+            stream = self.link.calls
+            if session is None or request.fd not in session.fds or not self.link.up or stream is None:
+                return None
+            try:
+                return stream.relay(call, field)
+            except ConnectionError:
+                return None
+
+        async for batch in calls.serve_calls(self, request_iterator, context, self.log, keep_lane_order=False,
+                                             fast_path=relay):
             yield batch
 
     async def Poll(self, request, context):

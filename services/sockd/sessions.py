@@ -35,6 +35,15 @@ class SessionTable:
         self._sessions[session.id] = session
         return session
 
+    def get(self, session_id: str) -> Session | None:
+        """Return the open session with ``session_id``, or None."""
+        return self._sessions.get(session_id)
+
+    @staticmethod
+    def session_id(context: grpc.aio.ServicerContext) -> str:
+        """Return the session id that a call's metadata carries, or ""."""
+        return dict(context.invocation_metadata() or ()).get(SESSION_METADATA, "")
+
     def close(self, session_id: str) -> set[int]:
         """Remove a session and return the descriptors it still owned."""
         session = self._sessions.pop(session_id, None)
@@ -51,8 +60,7 @@ class SessionTable:
         A missing or unknown session is a protocol error of the caller, not a
         socket failure, so it gets a gRPC status instead of an errno.
         """
-        metadata = dict(context.invocation_metadata() or ())
-        session_id = metadata.get(SESSION_METADATA, "")
+        session_id = self.session_id(context)
         session = self._sessions.get(session_id)
         if session is None:
             detail = "unknown" if session_id else "missing"

@@ -19,6 +19,7 @@ from sandnet_stackd.header.errors import MalformedError, Reason
 from sandnet_stackd.icmp_limit import IcmpRateLimiter
 from sandnet_stackd.interface import Address, Interface
 from sandnet_stackd.network_error import NetworkError
+from sandnet_stackd.offload import GSO_NONE, GSO_TCPV6, TransportOffload, frame_offload
 from sandnet_stackd.reassembly import IPV6_TIMEOUT_SECONDS, Reassembler, Verdict
 from sandnet_stackd.route import Route
 
@@ -561,9 +562,14 @@ class Ipv6Layer:
     # Output.
 
     def output(self, src: bytes, dst: bytes, protocol: int, payload: bytes | memoryview, *,
-               hop_limit: int = DEFAULT_HOP_LIMIT, traffic_class: int = 0, fragment: bool = True) -> None:
+               hop_limit: int = DEFAULT_HOP_LIMIT, traffic_class: int = 0, fragment: bool = True,
+               offload: TransportOffload | None = None) -> None:
         """Send one datagram, fragmenting it when it exceeds the path MTU and ``fragment`` is true.
 
+        With ``offload`` the TCP checksum is left to the device (its field
+        contains the IPv6 pseudo-header sum), and a datagram over the path MTU
+        with a gso_size goes out as one GSO_TCPV6 frame if the device takes its
+        size. The caller must check ``Network.offloads_for(dst)`` first.
         Raises NetworkError(ENETUNREACH) without a route and
         NetworkError(EMSGSIZE) for an oversized datagram that may not be fragmented.
         """
@@ -571,9 +577,16 @@ class Ipv6Layer:
         counters.OutRequests += 1
         route, iface = self.network.route(dst)
         mtu = self.network.path_mtu(dst)
-        if ipv6.HEADER_LEN + len(payload) <= mtu:
+        size = ipv6.HEADER_LEN + len(payload)
+
+        device_offload = None
+        if offload is not None:
+            # The stack puts no extension headers before TCP, so TCP starts right after the fixed header.
+            device_offload = frame_offload(self.network.offloads_for(dst), offload, ip_header_len=ipv6.HEADER_LEN,
+                                           packet_len=size, mtu=mtu, gso_type=GSO_TCPV6)
+        if size <= mtu or device_offload is not None and device_offload.gso_type != GSO_NONE:
             packet = ipv6.build(src, dst, protocol, payload, hop_limit=hop_limit, traffic_class=traffic_class)
-            self.network.send_ipv6_packet(route, iface, dst, packet)
+            self.network.send_ipv6_packet(route, iface, dst, packet, device_offload)
             return
         if not fragment:
             counters.FragFails += 1

@@ -66,11 +66,12 @@ def config_to_interface(config: link_pb2.LinkConfig) -> tuple[Interface, list[Ro
 def config_to_offloads(config: link_pb2.LinkConfig) -> DeviceOffloads:
     """Translate linkd's Offloads into what the stack may leave to the device path.
 
-    GSO is IPv4-only for now, because the stack's IPv6 output has no offload path.
+    TCP output uses one GSO limit for both families, so GSO needs TSO for
+    IPv4 and IPv6 both.
     """
     offloads = config.offloads
     gso_max_size = 0
-    if offloads.tso4 and offloads.tx_checksum:
+    if offloads.tso4 and offloads.tso6 and offloads.tx_checksum:
         gso_max_size = min(offloads.max_frame_size - ETHERNET_HEADER_SIZE, MAX_IP_PACKET_SIZE)
     return DeviceOffloads(checksum=offloads.tx_checksum, gso_max_size=max(gso_max_size, 0))
 

@@ -27,7 +27,7 @@ from sandnet_stackd.ipv6 import Ipv6Layer, Ipv6Packet, quoted_transport
 from sandnet_stackd.ndp import NeighborCache6
 from sandnet_stackd.network_error import NetworkError
 from sandnet_stackd.offload import (
-    GSO_NONE, GSO_TCPV4, NEEDS_CSUM, NO_OFFLOADS, DeviceOffloads, FrameOffload, TransportOffload)
+    GSO_NONE, GSO_TCPV4, NO_OFFLOADS, DeviceOffloads, FrameOffload, TransportOffload, frame_offload)
 from sandnet_stackd.reassembly import IPV4_TIMEOUT_SECONDS, Reassembler, Verdict
 from sandnet_stackd.route import Route, RouteTable
 
@@ -161,8 +161,6 @@ class Network:
 
     def offloads_for(self, dst: bytes) -> DeviceOffloads:
         """Return the offloads of the interface that reaches ``dst``; none for loopback or without a route."""
-        if len(dst) == 16:
-            return NO_OFFLOADS  # NOTE: IPv6 output has no checksum or GSO offload yet.
         try:
             _, iface = self.route(dst)
         except NetworkError:
@@ -510,7 +508,7 @@ class Network:
             # For IPv6, ttl is the hop limit, tos the traffic class, and DF forbids
             # fragmentation at the source.
             self.ipv6.output(src, dst, protocol, payload, hop_limit=ttl, traffic_class=tos,
-                             fragment=not dont_fragment)
+                             fragment=not dont_fragment, offload=offload)
             return
         counters = self.counters.ip
         counters.OutRequests += 1
@@ -518,33 +516,22 @@ class Network:
         total = ipv4.HEADER_LEN + len(payload)
         mtu = self.path_mtu(dst)
 
-        frame_offload = None
+        device_offload = None
         if offload is not None:
-            frame_offload = self._frame_offload(iface, offload, total > mtu)
-        if total <= mtu or frame_offload is not None and frame_offload.gso_type != GSO_NONE:
+            device_offload = frame_offload(self._offloads.get(iface.name, NO_OFFLOADS), offload,
+                                           ip_header_len=ipv4.HEADER_LEN, packet_len=total, mtu=mtu,
+                                           gso_type=GSO_TCPV4)
+        if total <= mtu or device_offload is not None and device_offload.gso_type != GSO_NONE:
             self._ident = (self._ident + 1) & 0xFFFF
             packet = ipv4.build(src, dst, protocol, payload, ttl=ttl, ident=self._ident, tos=tos,
                                 dont_fragment=dont_fragment and total > 68)
-            self._send_packet(route, iface, dst, packet, frame_offload)
+            self._send_packet(route, iface, dst, packet, device_offload)
             return
 
         if dont_fragment:
             counters.FragFails += 1
             raise NetworkError(errno.EMSGSIZE, f"datagram of {total} bytes exceeds MTU {mtu} of {iface.name}")
         self._send_fragments(route, iface, mtu, src, dst, protocol, payload, ttl, tos)
-
-    def _frame_offload(self, iface: Interface, offload: TransportOffload, oversized: bool) -> FrameOffload | None:
-        """Return the virtio-net metadata for a datagram of ``iface``, or None if the device cannot take it."""
-        offloads = self._offloads.get(iface.name, NO_OFFLOADS)
-        if not offloads.checksum:
-            return None
-        gso = oversized and offload.gso_size > 0
-        if gso and not offloads.gso_max_size:
-            return None
-        csum_start = ethernet.HEADER_LEN + ipv4.HEADER_LEN
-        return FrameOffload(flags=NEEDS_CSUM, gso_type=GSO_TCPV4 if gso else GSO_NONE,
-                            hdr_len=csum_start + offload.header_len, gso_size=offload.gso_size if gso else 0,
-                            csum_start=csum_start, csum_offset=offload.csum_offset)
 
     def _send_fragments(self, route, iface, mtu, src, dst, protocol, payload, ttl, tos) -> None:
         """Split a datagram into fragments of at most ``mtu`` bytes (RFC 791 section 3.2)."""
@@ -596,8 +583,13 @@ class Network:
         self.report_icmp_error(protocol, packet[12:16], int.from_bytes(ports[:2], "big"), packet[16:20],
                                int.from_bytes(ports[2:], "big"), errno.EHOSTUNREACH, hard=False)
 
-    def send_ipv6_packet(self, route: Route, iface: Interface, dst: bytes, packet: bytes) -> None:
-        """Put one IPv6 packet on ``iface`` towards ``dst``, resolving the next hop with NDP first."""
+    def send_ipv6_packet(self, route: Route, iface: Interface, dst: bytes, packet: bytes,
+                         offload: FrameOffload | None = None) -> None:
+        """Put one IPv6 packet on ``iface`` towards ``dst``, resolving the next hop with NDP first.
+
+        ``offload`` is the packet's checksum and GSO metadata for the device.
+        Loopback and multicast packets go out without it.
+        """
         if iface.loopback:
             iface.transmit(packet)
             return
@@ -606,7 +598,7 @@ class Network:
             return
         next_hop = route.gateway or dst
         self._neighbors6[iface.name].resolve(
-            next_hop, lambda mac: self._transmit_frame(iface, mac, ethernet.ETHERTYPE_IPV6, packet),
+            next_hop, lambda mac: self._transmit_frame(iface, mac, ethernet.ETHERTYPE_IPV6, packet, offload),
             lambda: self._neighbor_unreachable6(packet))
 
     def _neighbor_unreachable6(self, packet: bytes) -> None:

@@ -391,7 +391,8 @@ class TcpLayer:
             counters=self.counters, clock=self.loop.time, output=output,
             notify=lambda: self._notify(endpoint))
         if offloads.gso_max_size:
-            # Room for the largest IPv4 and TCP headers inside one GSO packet.
+            # Room for the largest IP and TCP headers inside one GSO packet. IPv4's
+            # 60-byte maximum also covers the 40-byte IPv6 header.
             endpoint.conn.gso_max_size = offloads.gso_max_size - ipv4.MAX_HEADER_LEN - TCP_MAX_HEADER_LEN
         self.endpoints[key] = endpoint
         return endpoint

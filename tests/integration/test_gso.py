@@ -1,10 +1,11 @@
 """GSO and checksum offload through the whole stack, on AF_PACKET (veth) and TAP.
 
 Each test runs linkd, stackd and sockd, moves data both ways between the
-sandbox and the Linux kernel in a peer namespace, and checks linkd's GSO
-counters and the frame sizes that a packet socket on the peer's veth receives.
-The kernel passes GSO frames across veth and bridges without cutting them,
-so a frame over the MTU there is one that the stack emitted as a GSO frame.
+sandbox and the Linux kernel in a peer namespace over IPv4 or IPv6, and
+checks linkd's GSO counters and the frame sizes that a packet socket on the
+peer's veth receives. The kernel passes GSO frames across veth and bridges
+without cutting them, so a frame over the MTU there is one that the stack
+emitted as a GSO frame.
 """
 
 import contextlib
@@ -33,11 +34,15 @@ TRANSFER_BYTES = 4 * 1024 * 1024
 MTU = 1500
 ETHERNET_HEADER_SIZE = 14
 
-# Runs in the peer namespace: count the IPv4 TCP frames from SRC on IFNAME and
-# report the largest frame size (IP total length + 14), until stdin closes.
+# Runs in the peer namespace: count the TCP frames from SRC (IPv4 or IPv6) on
+# IFNAME and report the largest frame size, from the IPv4 total length + 14 or
+# the IPv6 payload length + 54, until stdin closes. The stack puts no IPv6
+# extension headers before TCP, so the next header field names TCP.
 SNIFFER = r"""
 import json, select, socket, sys
-ifname, src = sys.argv[1], socket.inet_aton(sys.argv[2])
+ifname, text = sys.argv[1], sys.argv[2]
+family = socket.AF_INET6 if ":" in text else socket.AF_INET
+src = socket.inet_pton(family, text)
 sniffer = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
 sniffer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
 sniffer.bind((ifname, 0))
@@ -47,17 +52,48 @@ while True:
     ready, _, _ = select.select([sniffer, sys.stdin], [], [])
     if sniffer in ready:
         data = sniffer.recv(128)
-        if data[12:14] == b"\x08\x00" and data[23] == 6 and data[26:30] == src:
+        if family == socket.AF_INET and data[12:14] == b"\x08\x00" and data[23] == 6 and data[26:30] == src:
             frames += 1
             largest = max(largest, int.from_bytes(data[16:18], "big") + 14)
+        elif family == socket.AF_INET6 and data[12:14] == b"\x86\xdd" and data[20] == 6 and data[22:38] == src:
+            frames += 1
+            largest = max(largest, int.from_bytes(data[18:20], "big") + 54)
     elif sys.stdin in ready:
         break
 print(json.dumps({"frames": frames, "largest": largest}), flush=True)
 """
 
+# Runs in the peer namespace: a TCP server on [::]:PORT that either reads to
+# EOF and prints "LENGTH SHA256" (sink), or sends NBYTES of data seeded with
+# SEED and prints its sha256 (source). It prints "ready" once it listens.
+PEER6_TOOL = r"""
+import hashlib, random, socket, sys
+mode, port = sys.argv[1], int(sys.argv[2])
+server = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("::", port))
+server.listen(1)
+server.settimeout(120)
+print("ready", flush=True)
+conn, _ = server.accept()
+conn.settimeout(120)
+if mode == "sink":
+    digest, length = hashlib.sha256(), 0
+    while chunk := conn.recv(1 << 20):
+        digest.update(chunk)
+        length += len(chunk)
+    conn.close()
+    print(length, digest.hexdigest(), flush=True)
+else:
+    data = random.Random(int(sys.argv[4])).randbytes(int(sys.argv[3]))
+    conn.sendall(data)
+    conn.close()
+    print(hashlib.sha256(data).hexdigest(), flush=True)
+"""
+
 
 class Sniffer:
-    """Largest IPv4 TCP frame from ``src`` seen on the peer's interface, by the IP total length + 14."""
+    """Largest TCP frame from ``src`` seen on the peer's interface, by the IP header's length field."""
 
     def __init__(self, ns: netlab.Netns, ifname: str, src: str):
         self.proc = ns.popen(sys.executable, "-c", SNIFFER, ifname, src, stdin=subprocess.PIPE,
@@ -94,7 +130,25 @@ def tap_lab():
         yield sandbox, f"tap:{tap}", peer, "snveth1", f"{subnet}.1", f"{subnet}.2"
 
 
-LABS = {"veth": veth_lab, "tap": tap_lab}
+@contextlib.contextmanager
+def veth_lab6():
+    """The veth lab with the IPv6 addresses of both ends in place of the IPv4 ones."""
+    with netlab.topology(mtu=MTU) as topo:
+        yield topo.sandbox, f"veth:{topo.sandbox_if}", topo.peer, topo.peer_if, topo.peer_ip6, topo.sandbox_ip6
+
+
+@contextlib.contextmanager
+def tap_lab6():
+    """The TAP lab with IPv6 addresses (no DAD, so usable at once) on the peer and the TAP."""
+    subnet = f"fd00:5d:{secrets.randbelow(0xFFFF):x}"
+    with tap_lab() as env:
+        sandbox, device, peer, peer_if = env[:4]
+        peer.run("ip", "-6", "addr", "add", f"{subnet}::1/64", "dev", peer_if, "nodad")
+        sandbox.run("ip", "-6", "addr", "add", f"{subnet}::2/64", "dev", device.removeprefix("tap:"), "nodad")
+        yield sandbox, device, peer, peer_if, f"{subnet}::1", f"{subnet}::2"
+
+
+LABS = {"veth": veth_lab, "tap": tap_lab, "veth6": veth_lab6, "tap6": tap_lab6}
 
 
 @contextlib.contextmanager
@@ -129,6 +183,44 @@ def send_to_peer(client: Client, peer: netlab.Netns, peer_ip: str, port: int) ->
 def receive_from_peer(client: Client, peer: netlab.Netns, peer_ip: str, port: int) -> None:
     proc = start_peer_tool(peer, "source", port, TRANSFER_BYTES, 5)
     conn = ssock.socket(client=client)
+    conn.settimeout(60)
+    conn.connect((peer_ip, port))
+    digest, length = hashlib.sha256(), 0
+    while chunk := conn.recv(1 << 20):
+        digest.update(chunk)
+        length += len(chunk)
+    conn.close()
+    assert length == TRANSFER_BYTES
+    assert digest.hexdigest() == proc.communicate(timeout=60)[0].strip()
+
+
+def start_peer6(peer: netlab.Netns, *args) -> subprocess.Popen:
+    """Start PEER6_TOOL in ``peer`` with ``args`` and wait for its "ready" line."""
+    proc = peer.popen(sys.executable, "-c", PEER6_TOOL, *map(str, args),
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline().strip()
+    if line != "ready":
+        proc.kill()
+        raise AssertionError(f"IPv6 peer tool {args} did not start: {line!r} {proc.stderr.read()}")
+    return proc
+
+
+def send_to_peer6(client: Client, peer: netlab.Netns, peer_ip: str, port: int) -> None:
+    data = random.Random(port).randbytes(TRANSFER_BYTES)
+    proc = start_peer6(peer, "sink", port)
+    conn = ssock.socket(ssock.AF_INET6, ssock.SOCK_STREAM, client=client)
+    conn.settimeout(60)
+    conn.connect((peer_ip, port))
+    conn.sendall(data)
+    conn.close()
+    length, digest = proc.communicate(timeout=60)[0].split()
+    assert int(length) == TRANSFER_BYTES
+    assert digest == hashlib.sha256(data).hexdigest()
+
+
+def receive_from_peer6(client: Client, peer: netlab.Netns, peer_ip: str, port: int) -> None:
+    proc = start_peer6(peer, "source", port, TRANSFER_BYTES, 6)
+    conn = ssock.socket(ssock.AF_INET6, ssock.SOCK_STREAM, client=client)
     conn.settimeout(60)
     conn.connect((peer_ip, port))
     digest, length = hashlib.sha256(), 0
@@ -197,6 +289,69 @@ def test_software_gso_cuts_frames(lab):
         send_to_peer(client, peer, peer_ip, 9304)
         seen = sniffer.result()
         receive_from_peer(client, peer, peer_ip, 9305)
+
+        stats = link_stats(stub)
+        assert stats.tx_gso_frames > 0
+        assert stats.tx_gso_segments > stats.tx_gso_frames
+        assert stats.tx_dropped == 0
+        assert seen["largest"] <= MTU + ETHERNET_HEADER_SIZE
+    assert "software GSO in linkd" in linkd.log_text()
+
+
+@pytest.mark.parametrize("lab", ["veth6", "tap6"])
+def test_gso_ipv6_frames_emitted_and_accepted(lab):
+    with sandbox_services(lab, "true") as (env, client, stub, linkd):
+        _, _, peer, peer_if, peer_ip, sandbox_ip = env
+        config = stub.GetConfig(link_pb2.GetConfigRequest(), timeout=10)
+        assert config.offloads.vnet_header
+        assert config.offloads.tso6
+
+        sniffer = Sniffer(peer, peer_if, sandbox_ip)
+        send_to_peer6(client, peer, peer_ip, 9311)
+        seen = sniffer.result()
+        receive_from_peer6(client, peer, peer_ip, 9312)
+
+        # Only IPv6 TCP moved bulk data here, so the GSO frames both ways are TCPv6.
+        stats = link_stats(stub)
+        assert stats.tx_gso_frames > 0
+        assert stats.rx_gso_frames > 0
+        assert stats.tx_dropped == 0
+        assert stats.rx_invalid == 0
+        assert seen["largest"] > MTU + ETHERNET_HEADER_SIZE
+    assert "GSO frames out" in linkd.log_text()
+
+
+@pytest.mark.parametrize("lab", ["veth6", "tap6"])
+def test_gso_false_ipv6_frames_within_mtu(lab):
+    with sandbox_services(lab, "false") as (env, client, stub, linkd):
+        _, _, peer, peer_if, peer_ip, sandbox_ip = env
+        config = stub.GetConfig(link_pb2.GetConfigRequest(), timeout=10)
+        assert not config.offloads.vnet_header
+        assert not config.offloads.tx_checksum
+
+        sniffer = Sniffer(peer, peer_if, sandbox_ip)
+        send_to_peer6(client, peer, peer_ip, 9313)
+        seen = sniffer.result()
+
+        stats = link_stats(stub)
+        assert stats.tx_gso_frames == 0
+        assert stats.tx_dropped == 0
+        assert seen["frames"] > TRANSFER_BYTES // MTU
+        assert seen["largest"] <= MTU + ETHERNET_HEADER_SIZE
+
+
+@pytest.mark.parametrize("lab", ["veth6", "tap6"])
+def test_software_gso_cuts_ipv6_frames(lab):
+    with sandbox_services(lab, "software") as (env, client, stub, linkd):
+        _, _, peer, peer_if, peer_ip, sandbox_ip = env
+        config = stub.GetConfig(link_pb2.GetConfigRequest(), timeout=10)
+        assert config.offloads.software_gso
+        assert config.offloads.tso6
+
+        sniffer = Sniffer(peer, peer_if, sandbox_ip)
+        send_to_peer6(client, peer, peer_ip, 9314)
+        seen = sniffer.result()
+        receive_from_peer6(client, peer, peer_ip, 9315)
 
         stats = link_stats(stub)
         assert stats.tx_gso_frames > 0
