@@ -60,6 +60,33 @@ REPLY_DEFERRABLE: contextvars.ContextVar[bool] = contextvars.ContextVar("sandnet
 _FLUSH_HELD = object()
 
 
+async def _resume(coro, awaited):
+    """Drive a coroutine that was started by hand and suspended on ``awaited``; return its result.
+
+    ``awaited`` is what the coroutine yielded: the Future it waits for, or
+    None for a bare yield (asyncio.sleep(0)). The coroutine then sees that
+    Future's result or exception, and a cancellation of this task, as if
+    it ran in the task itself.
+    """
+    while True:
+        try:
+            if awaited is None:
+                await asyncio.sleep(0)
+            else:
+                awaited._asyncio_future_blocking = False
+                await awaited
+        except BaseException as error:
+            try:
+                awaited = coro.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            continue
+        try:
+            awaited = coro.send(None)
+        except StopIteration as stop:
+            return stop.value
+
+
 def make_call(call_id: int, method: str, request, defer_reply: bool = False) -> sockets_pb2.Call:
     """Wrap a unary ``method``'s request in a Call; raise KeyError for a method the stream does not carry."""
     call = sockets_pb2.Call(id=call_id, defer_reply=defer_reply)
@@ -176,7 +203,18 @@ async def serve_calls(servicer, request_iterator, context: grpc.aio.ServicerCont
         if lane is not None:
             key = (getattr(call, field).fd, lane)
             previous = lanes.get(key)
-        task = asyncio.ensure_future(run(call, field, previous))
+        # The call runs at once, and becomes a task only if it has to wait,
+        # as asyncio's eager tasks do from Python 3.12 on: most calls finish
+        # without waiting, and a task costs event loop turns.
+        coro = run(call, field, previous)
+        try:
+            awaited = coro.send(None)
+        except StopIteration:
+            return
+        except Exception as error:
+            replies.put_nowait(error)
+            return
+        task = asyncio.ensure_future(_resume(coro, awaited))
         tasks.add(task)
         if key is not None:
             lanes[key] = task
