@@ -281,3 +281,25 @@ def test_accept_takes_a_batch_and_close_resets_the_rest(sandbox):
         listener.close()
         for conn in clients:
             conn.close()
+
+
+def test_small_reads_share_recv_calls(sandbox):
+    # Reads of 1,000 bytes come from the client's receive buffer, which each
+    # Recv call refills with up to 256 KiB, so most reads cost no call.
+    proc = start_peer_tool(sandbox.topo.peer, "source", 9215, "2000000", "7")
+    client = sandbox.client
+    conn = stream_sock(sandbox)
+    conn.settimeout(30)
+    conn.connect((sandbox.topo.peer_ip, 9215))
+    before = client.calls.submitted["Recv"]
+    digest = hashlib.sha256()
+    reads = 0
+    while chunk := conn.recv(1000):
+        digest.update(chunk)
+        reads += 1
+    recv_calls = client.calls.submitted["Recv"] - before
+    conn.close()
+    expected = proc.communicate(timeout=30)[0].split()[-1]
+    assert digest.hexdigest() == expected
+    assert reads >= 2000
+    assert recv_calls < reads // 20, f"{recv_calls} Recv calls for {reads} reads"
