@@ -1,7 +1,7 @@
 """Profile the services during one bench workload: CPU seconds per process
 and the top cProfile entries of each service.
 
-    .venv/bin/python bench/profile.py [--workload bulk_to|bulk_from|tcp_rr] [--gso true|false|software]
+    .venv/bin/python bench/profile.py [--workload bulk_to|bulk_from|tcp_rr|accept] [--gso true|false|software]
 
 Run as root from the repository root. The services run under cProfile, so
 they are slower than in `make bench`; the profile shows where time goes,
@@ -25,6 +25,7 @@ import netlab  # noqa: E402
 DRIVER = os.path.join(REPO, "bench", "driver.py")
 PEER = os.path.join(REPO, "bench", "peer.py")
 BASE_PORT = 7000
+ACCEPT_PORT = 7100
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -46,7 +47,7 @@ def profiled(name: str, argv: list[str], listen_path: str, out_dir: str, ns=None
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", default="bulk_to", choices=("bulk_to", "bulk_from", "tcp_rr"))
+    parser.add_argument("--workload", default="bulk_to", choices=("bulk_to", "bulk_from", "tcp_rr", "accept"))
     parser.add_argument("--gso", default="true", choices=("true", "false", "software"))
     parser.add_argument("--seconds", type=float, default=8.0, help="workload duration in seconds")
     parser.add_argument("--top", type=int, default=25, help="profile entries to print per service")
@@ -66,14 +67,27 @@ def main() -> int:
                                           enabled=not args.cpu_only)
             services["sockd"] = profiled("sockd", ["--stack", f"unix:{stack}", "--listen", f"unix:{sockd}",
                                                    "--network", "sandbox"], sockd, tmp, enabled=not args.cpu_only)
-            port = {"bulk_to": BASE_PORT, "bulk_from": BASE_PORT + 1, "tcp_rr": BASE_PORT + 2}[args.workload]
+            port = {"bulk_to": BASE_PORT, "bulk_from": BASE_PORT + 1, "tcp_rr": BASE_PORT + 2,
+                    "accept": ACCEPT_PORT}[args.workload]
             before = {name: cpu_seconds(service.pid) for name, service in services.items()}
             start = time.monotonic()
             driver = subprocess.Popen(
                 [sys.executable, DRIVER, "--impl", "sandnet", args.workload, "--host", topo.peer_ip, "--port",
                  str(port), "--seconds", str(args.seconds)],
-                env={**os.environ, "SANDNET_SOCKD": f"unix:{sockd}"}, stdout=subprocess.PIPE, text=True)
+                env={**os.environ, "SANDNET_SOCKD": f"unix:{sockd}"}, stdout=subprocess.PIPE, text=True,
+                stdin=subprocess.PIPE if args.workload == "accept" else None)
+            connector = None
+            if args.workload == "accept":
+                # As bench/run.py does: 16 peer tasks connect to the sandbox listener.
+                assert driver.stdout.readline().strip() == "ready"
+                connector = topo.peer.popen(sys.executable, PEER, "connect", topo.sandbox_ip, ACCEPT_PORT,
+                                            args.seconds + 3, 16, stdout=subprocess.DEVNULL)
+                time.sleep(0.5)
+                driver.stdin.write("go\n")
+                driver.stdin.flush()
             out, _ = driver.communicate(timeout=args.seconds + 120)
+            if connector is not None:
+                connector.wait(timeout=60)
             wall = time.monotonic() - start
             driver_cpu = os.times().children_user + os.times().children_system
             after = {name: cpu_seconds(service.pid) for name, service in services.items()}
