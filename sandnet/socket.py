@@ -14,12 +14,14 @@ under sandnet.patch().
 Host names resolve through sandnet.resolver: /etc/hosts, then DNS queries
 sent over sandnet UDP sockets.
 
-Reads on stream sockets ask sockd for at least RECV_CHUNK bytes and keep
-the surplus in a client-side buffer, so bulk transfers do not cost one call
-per small read. Sends on a connected, blocking stream socket go through a
-client-side send buffer (sandnet.sendbuffer): send() returns once the data
-is queued, small sends coalesce, and a failed send surfaces on a later
-send(), as with a kernel socket's send buffer.
+Reads on stream sockets ask sockd for at least RECV_CHUNK bytes (less
+once SO_RCVBUF is set smaller) and keep the surplus in a client-side
+buffer, so bulk transfers do not cost one call per small read.
+
+Sends on a connected, blocking stream socket go through a client-side
+send buffer (sandnet.sendbuffer) whose window follows SO_SNDBUF: send()
+returns once the data is queued, small sends coalesce, and a failed send
+surfaces on a later send(), as with a kernel socket's send buffer.
 """
 
 import collections
@@ -268,6 +270,9 @@ class socket:
         # The effective SO_SNDBUF once the application set it, which then
         # bounds the send buffer's window; None leaves the default window.
         self._send_window: int | None = None
+        # The least a stream read asks stackd for: the effective SO_RCVBUF once
+        # the application set it, so the local buffer holds no more than that.
+        self._recv_chunk = RECV_CHUNK
         self._io_refs = 0
         self._closed = False
 
@@ -384,6 +389,7 @@ class socket:
         conn = socket(self._family, self._type, self._proto, fileno=reply.fd, client=self._client)
         # As on Linux, an accepted socket inherits the listener's SO_SNDBUF.
         conn._send_window = self._send_window
+        conn._recv_chunk = self._recv_chunk
         conn._start_send_buffer()
         return conn, from_sockaddr(self._family, reply.peer)
 
@@ -486,9 +492,9 @@ class socket:
         return reply
 
     def _fill(self, want: int, flags: int, timeout_ms: int) -> bool:
-        """Read at least RECV_CHUNK bytes' worth into the local buffer; return False at end of file."""
+        """Ask for up to max(want, the read chunk) bytes into the local buffer; return False at end of file."""
         flags &= ~(MSG_PEEK | MSG_WAITALL)
-        reply = self._recv_remote(max(want, RECV_CHUNK), flags, timeout_ms)
+        reply = self._recv_remote(max(want, self._recv_chunk), flags, timeout_ms)
         self._rbuf += reply.data
         return bool(reply.data)
 
@@ -575,6 +581,8 @@ class socket:
             self._send_window = self.getsockopt(SOL_SOCKET, SO_SNDBUF)
             if self._sendbuf is not None:
                 self._sendbuf.set_window(self._send_window)
+        elif level == SOL_SOCKET and optname == SO_RCVBUF and self._type == SOCK_STREAM:
+            self._recv_chunk = min(RECV_CHUNK, self.getsockopt(SOL_SOCKET, SO_RCVBUF))
 
     def getsockopt(self, level: int, optname: int, buflen: int | None = None):
         """Return an int option, or the raw bytes when ``buflen`` is given."""

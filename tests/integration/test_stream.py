@@ -213,6 +213,9 @@ def test_send_window_follows_sndbuf(sandbox):
         applied = client.getsockopt(ssock.SOL_SOCKET, ssock.SO_SNDBUF)
         assert applied == 8192
         assert client._sendbuf.window == applied
+        client.setsockopt(ssock.SOL_SOCKET, ssock.SO_RCVBUF, 4096)
+        # Reads ask stackd for no more than the receive buffer holds.
+        assert client._recv_chunk == client.getsockopt(ssock.SOL_SOCKET, ssock.SO_RCVBUF) == 8192
 
         # A reader that does not read: the sender stops at the window plus
         # what stackd's buffers and the receiver's window hold, and a timeout ends send().
