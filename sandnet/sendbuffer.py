@@ -42,7 +42,7 @@ from sandnet.v1 import sockets_pb2
 # Bytes that send() may accept before sockd has acknowledged them, while the
 # application has not set SO_SNDBUF: queued here plus carried by the Sends
 # in flight. It bounds memory and sets how far a sender runs ahead of the stack.
-DEFAULT_WINDOW = 512 * 1024
+DEFAULT_WINDOW = 2048 * 1024
 
 # The largest Send whose acknowledgement may be deferred.
 DEFER_MAX_BYTES = 64 * 1024

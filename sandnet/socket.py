@@ -67,7 +67,7 @@ FILENO_BASE = 1 << 30
 
 # The minimum bytes one Recv requests, and the maximum bytes one Send carries.
 RECV_CHUNK = 256 * 1024
-SEND_CHUNK = 256 * 1024
+SEND_CHUNK = 1024 * 1024
 
 # The maximum number of connections one Accept call takes from stackd's accept queue. The
 # ones that accept() did not ask for yet wait in the listener's local queue,

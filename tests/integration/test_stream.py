@@ -14,6 +14,7 @@ from sandbox_fixture import running_sandbox, start_peer_tool
 from sandnet import calls
 from sandnet import socket as ssock
 from sandnet.client import CHANNEL_OPTIONS, SESSION_METADATA, grpc_target
+from sandnet.sendbuffer import DEFAULT_WINDOW
 from sandnet.v1 import sockets_pb2, sockets_pb2_grpc
 
 pytestmark = pytest.mark.netns
@@ -207,7 +208,7 @@ def test_one_threads_small_sends_coalesce(sandbox):
 def test_send_window_follows_sndbuf(sandbox):
     listener, client, accepted = loopback_pair(sandbox, 9212)
     try:
-        assert client._sendbuf.window == 512 * 1024
+        assert client._sendbuf.window == DEFAULT_WINDOW
         client.setsockopt(ssock.SOL_SOCKET, ssock.SO_SNDBUF, 4096)
         # Linux doubles the value; the client's window is what the stack applied.
         applied = client.getsockopt(ssock.SOL_SOCKET, ssock.SO_SNDBUF)

@@ -173,3 +173,14 @@ def test_parse_random_bytes_raise_only_malformed(raw):
     except MalformedError:
         return
     assert len(parsed.payload) <= len(raw) - tcp.HEADER_LEN
+
+
+def test_build_header_matches_built_segment_without_checksum():
+    seg = tcp.TcpRepr(src_port=80, dst_port=40000, seq=7, ack=9, flags=tcp.ACK | tcp.PSH, window=512,
+                      timestamp=(1, 2), sack_blocks=((10, 20),), payload=b"data")
+    built = tcp.build(seg, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))
+    header = tcp.build_header(seg)
+    assert len(header) == len(built) - len(seg.payload)
+    assert header[:16] == built[:16]
+    assert header[16:18] == b"\0\0"
+    assert header[18:] == built[18:len(header)]

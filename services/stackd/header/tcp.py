@@ -156,6 +156,20 @@ def _parse_options(segment, header_len: int, result: TcpRepr) -> None:
         position += length
 
 
+def build_header(repr: TcpRepr) -> bytearray:
+    """Build the header and options of ``repr`` without its payload; the checksum field is zero.
+
+    For a segment whose checksum the device completes. Raises ValueError
+    when the options exceed 40 bytes.
+    """
+    options = _build_options(repr)
+    header_len = HEADER_LEN + len(options)
+    header = bytearray(_HEADER.pack(repr.src_port, repr.dst_port, repr.seq & 0xFFFFFFFF, repr.ack & 0xFFFFFFFF,
+                                    (header_len // 4) << 4, repr.flags & 0xFF, repr.window, 0, repr.urgent))
+    header += options
+    return header
+
+
 def build(repr: TcpRepr, src_ip: bytes, dst_ip: bytes) -> bytes:
     """Build the segment for ``repr`` sent from ``src_ip`` to ``dst_ip``, checksum filled.
 
