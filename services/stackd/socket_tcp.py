@@ -134,6 +134,8 @@ class TcpSocket(Socket):
                 self._apply("rcvbuf_auto", False)
                 self._apply("rcvbuf", clamp_buffer(number, SOCK_MIN_RCVBUF, RMEM_MAX))
             else:
+                # As Linux's SOCK_SNDBUF_LOCK: a size the application set stops auto-tuning.
+                self._apply("sndbuf_auto", False)
                 self._apply("sndbuf", clamp_buffer(number, SOCK_MIN_SNDBUF, WMEM_MAX))
             return
         if level == IPPROTO_TCP and name == TCP_CONGESTION:
@@ -179,7 +181,8 @@ class TcpSocket(Socket):
             if name == SO_RCVBUF:
                 return pack_int(config.rcvbuf)
             if name == SO_SNDBUF:
-                return pack_int(config.sndbuf)
+                # A connection reports its auto-tuned size, as Linux's sk_sndbuf.
+                return pack_int(self.conn.sndbuf if self.conn is not None else config.sndbuf)
             if name == SO_ACCEPTCONN:
                 return pack_int(int(self.listening))
             if name == SO_LINGER:
@@ -735,10 +738,10 @@ def _build_partial(seg: tcp_header.TcpRepr, src: bytes, dst: bytes, mss: int) ->
     payload. The checksum field then gets the pseudo-header sum of the whole
     segment. A payload over ``mss`` asks the device to cut it into ``mss``-byte packets.
     """
-    header = tcp_header.build(dataclasses.replace(seg, payload=b""), src, dst)
-    segment = bytearray(header)
+    segment = tcp_header.build_header(seg)
+    header_len = len(segment)
     segment += seg.payload
     checksum = pseudo_header_sum(src, dst, ipv4.PROTO_TCP, len(segment))
     segment[TCP_CHECKSUM_OFFSET:TCP_CHECKSUM_OFFSET + 2] = checksum.to_bytes(2, "big")
     gso_size = mss if len(seg.payload) > mss else 0
-    return segment, TransportOffload(header_len=len(header), gso_size=gso_size)
+    return segment, TransportOffload(header_len=header_len, gso_size=gso_size)

@@ -106,13 +106,13 @@ class Wire:
 
 
 def make_connection(wire: Wire, name: str, config: TcpConfig | None = None, iss: int = 1000,
-                    counters: TcpCounters | None = None, mss: int = MSS) -> TcpConnection:
+                    counters: TcpCounters | None = None, mss: int = MSS, notify=None) -> TcpConnection:
     local_ip, remote_ip = (IP_A, IP_B) if name == "a" else (IP_B, IP_A)
     local_port, remote_port = (PORT_A, PORT_B) if name == "a" else (PORT_B, PORT_A)
     connection = TcpConnection(local_ip=local_ip, local_port=local_port, remote_ip=remote_ip,
                                remote_port=remote_port, iss=iss, mss=mss, config=config or TcpConfig(),
                                counters=counters or TcpCounters(), clock=wire.clock,
-                               output=wire.output_for(name), notify=lambda: None)
+                               output=wire.output_for(name), notify=notify or (lambda: None))
     wire.ends[name] = connection
     return connection
 
@@ -122,13 +122,13 @@ class Pair:
 
     def __init__(self, seed: int = 1, loss: float = 0.0, reorder: float = 0.0, duplicate: float = 0.0,
                  client_config: TcpConfig | None = None, server_config: TcpConfig | None = None,
-                 client_iss: int = 1000, server_iss: int = 5000) -> None:
+                 client_iss: int = 1000, server_iss: int = 5000, client_notify=None) -> None:
         self.clock = FakeClock()
         self.wire = Wire(self.clock, seed, loss, reorder, duplicate)
         self.counters = TcpCounters()
         self.server_config = server_config
         self.server_iss = server_iss
-        self.a = make_connection(self.wire, "a", client_config, client_iss, self.counters)
+        self.a = make_connection(self.wire, "a", client_config, client_iss, self.counters, notify=client_notify)
         self.b: TcpConnection | None = None
         self.wire.ends["b"] = _Listener(self)
 
@@ -758,7 +758,7 @@ def test_recv_peek_keeps_data():
 
 
 def test_send_refused_after_shutdown_and_buffer_limit():
-    pair = Pair(client_config=TcpConfig(sndbuf=10_000), server_config=TcpConfig(rcvbuf=4096))
+    pair = Pair(client_config=TcpConfig(sndbuf=10_000, sndbuf_auto=False), server_config=TcpConfig(rcvbuf=4096))
     pair.open()
     assert pair.a.send(b"x" * 50_000) == 10_000
     assert pair.a.send(b"y") == 0
@@ -770,7 +770,7 @@ def test_send_refused_after_shutdown_and_buffer_limit():
 
 
 def test_zero_window_long_stall_survives():
-    pair = Pair(server_config=TcpConfig(rcvbuf=30_000))
+    pair = Pair(client_config=TcpConfig(sndbuf=262144, sndbuf_auto=False), server_config=TcpConfig(rcvbuf=30_000))
     pair.open()
     data = payload(200_000)
     assert pair.a.send(data) == len(data)
@@ -849,6 +849,103 @@ def test_receive_buffer_fixed_without_autotuning():
     pair.open()
     transfer(pair, pair.a, pair.b, payload(500_000))
     assert pair.b._config.rcvbuf == config.rcvbuf
+
+
+# Send buffer auto-tuning and slow start. Linux 6.18 reports 46080 bytes from
+# getsockopt(SO_SNDBUF) right after connect() with CUBIC and an MSS up to 1536.
+LINUX_SNDBUF_AFTER_CONNECT = 46080
+
+
+def test_send_buffer_sized_at_handshake():
+    pair = Pair()
+    assert pair.a.sndbuf == 16384
+    pair.open()
+    assert pair.a.sndbuf == LINUX_SNDBUF_AFTER_CONNECT
+    assert pair.b.sndbuf == LINUX_SNDBUF_AFTER_CONNECT
+
+
+def test_send_buffer_grows_with_cwnd_up_to_max():
+    config = TcpConfig(sndbuf_max=300_000)
+    pair = Pair(client_config=config)
+    pair.open()
+    sizes = []
+    data = payload(3_000_000)
+    received = bytearray()
+    position = 0
+
+    def app():
+        nonlocal position
+        position += pair.a.send(memoryview(data)[position:])
+        sizes.append(pair.a.sndbuf)
+        received.extend(pair.b.recv(1 << 20))
+
+    app()
+    pair.wire.run(lambda: len(received) == len(data), max_time=600, app=app)
+    assert bytes(received) == data
+    assert sizes == sorted(sizes)
+    assert max(sizes) == 300_000
+    assert pair.a.sndbuf == 300_000
+
+
+def test_send_buffer_fixed_when_application_sets_it():
+    config = TcpConfig(sndbuf=20_000, sndbuf_auto=False)
+    pair = Pair(client_config=config)
+    pair.open()
+    assert pair.a.sndbuf == 20_000
+    data = payload(1_000_000)
+    assert transfer(pair, pair.a, pair.b, data) == data
+    assert pair.a.sndbuf == 20_000
+
+
+def test_send_buffer_growth_notifies_waiting_writer():
+    # (sndbuf, send_space) at each notification of the client's socket.
+    seen = []
+    pair = Pair(client_notify=lambda: seen.append((pair.a.sndbuf, pair.a.send_space)))
+    pair.open()
+    data = payload(2_000_000)
+    queued = pair.a.send(data)
+    assert queued == LINUX_SNDBUF_AFTER_CONNECT
+    assert pair.a.send_space == 0
+
+    # No reader on the client side: only the notifications show the writer the new space.
+    seen.clear()
+    pair.wire.run(lambda: pair.a.sndbuf > LINUX_SNDBUF_AFTER_CONNECT, max_time=30)
+    assert pair.a.sndbuf > LINUX_SNDBUF_AFTER_CONNECT
+    assert seen[-1] == (pair.a.sndbuf, pair.a.send_space)
+    assert seen[-1][1] > 0
+
+
+def test_send_buffer_quiet_connection_unchanged():
+    pair = Pair()
+    pair.open()
+    # One small request and its reply a minute, for an hour: the writer never waits.
+    for _ in range(60):
+        assert pair.a.send(b"ping") == 4
+        pair.wire.run(lambda: pair.b.readable_bytes == 4, max_time=1)
+        assert pair.b.recv(100) == b"ping"
+        assert pair.b.send(b"pong") == 4
+        pair.wire.run(lambda: pair.a.readable_bytes == 4, max_time=1)
+        assert pair.a.recv(100) == b"pong"
+        pair.wire.run(max_time=60)
+    assert pair.a.sndbuf == LINUX_SNDBUF_AFTER_CONNECT
+    assert pair.b.sndbuf == LINUX_SNDBUF_AFTER_CONNECT
+    assert pair.a.send_queue_bytes == 0
+
+
+def test_slow_start_grows_by_whole_gso_ack():
+    pair = Pair()
+    pair.open()
+    pair.a.gso_max_size = 65536
+    initial = pair.a.cwnd
+    assert initial == 10 * pair.a.snd_mss
+    pair.a.send(payload(1_000_000))
+    first = pair.wire.sent_by("a")[-1]
+    assert len(first.payload) == initial      # one GSO segment carries the initial window
+
+    # The receiver acknowledges those 10 segments with one ACK; cwnd grows by all
+    # of them, where RFC 3465 with L=2 would grow it by 2 segments.
+    pair.wire.run(lambda: pair.a.cwnd != initial, max_time=1)
+    assert pair.a.cwnd == 2 * initial
 
 
 def test_user_timeout_gives_etimedout():
@@ -944,3 +1041,17 @@ def test_spurious_recovery_undone_by_dsack():
     a.on_segment(dataclasses.replace(ack, timestamp=None))
     assert pair.counters.TCPDSACKUndo == 1
     assert a.cwnd >= cwnd_before
+
+
+def test_keepalive_fires_at_a_deadline_that_rounds_down():
+    """At the deadline last + keepidle, the idle time computed as now - last
+    can round below keepidle (1060.015 - 1000.015 = 59.99999999999989); the
+    timer must probe then instead of re-arming at the same time."""
+    pair = Pair(client_config=TcpConfig(keepalive=True, keepidle=60.0))
+    pair.open()
+    conn = pair.a
+    conn._last_received = 1000.015
+    deadline = conn._last_received + 60.0
+    conn._on_keepalive_timeout(deadline)
+    assert pair.counters.TCPKeepAlive == 1
+    assert conn._keepalive_deadline == deadline + conn._config.keepintvl

@@ -91,6 +91,45 @@ def test_newreno_slow_start_then_avoidance():
     assert control.cwnd == 12_000
 
 
+def test_reno_slow_start_stretch_ack():
+    control = NewReno(mss=1000)
+    control.on_ack(44_000, snd_una=44_001, flight=0)
+    assert control.cwnd == 54_000          # RFC 3465 with L=2 would give 12_000
+    control.on_ack(1500, snd_una=45_501, flight=0)
+    assert control.cwnd == 55_500          # a partial segment counts by its bytes
+
+
+def test_slow_start_carries_rest_past_ssthresh():
+    control = NewReno(mss=1000)
+    control.ssthresh = 15_000
+    control.on_ack(20_000, snd_una=20_001, flight=0)
+    # 5_000 bytes reach ssthresh; the other 15_000 are one window of avoidance.
+    assert control.cwnd == 16_000
+    control.on_ack(1000, snd_una=21_001, flight=0)
+    assert control.cwnd == 16_000
+
+
+def test_cubic_slow_start_stretch_ack():
+    from sandnet_stackd.tcp.congestion import Cubic
+
+    cubic = Cubic(1448, clock=lambda: 0.0, srtt=lambda: 0.01)
+    cubic.on_ack(44 * 1448, snd_una=44 * 1448 + 1, flight=0)
+    assert cubic.cwnd == 54 * 1448
+
+
+def test_send_buffer_size_as_linux():
+    control = NewReno(mss=1448)
+    # 2 x 10 segments x (2048 + 256): what Linux 6.18 reports after connect().
+    assert control.send_buffer_size() == 46080
+    control.cwnd = 100 * 1448
+    assert control.send_buffer_size() == 2 * 100 * 2304
+    assert NewReno(mss=1537).send_buffer_size() == 87040
+    assert NewReno(mss=8000).send_buffer_size() == 332800
+    reordering = NewReno(mss=1448)
+    reordering.dupthresh = 30
+    assert reordering.send_buffer_size() == 2 * 31 * 2304
+
+
 def test_newreno_fast_recovery_partial_and_full_ack():
     control = NewReno(mss=1000)
     assert not control.on_duplicate_ack(snd_una=1, snd_max=10_001, flight=10_000)

@@ -7,15 +7,16 @@ import dataclasses
 class TcpConfig:
     """Socket options and Linux sysctl equivalents of one connection.
 
-    Buffer sizes are in bytes, 256 KiB each by default, and already doubled
-    the way Linux doubles SO_RCVBUF and SO_SNDBUF. The receive buffer is the
-    largest window this side advertises. The window scale is chosen when the
-    SYN is sent and covers at least 8 MiB, so a buffer raised after the
-    handshake up to that size still takes effect. Times are in seconds.
+    Buffer sizes are in bytes and already doubled the way Linux doubles
+    SO_RCVBUF and SO_SNDBUF. The receive buffer is the largest window this
+    side advertises. The window scale is chosen when the SYN is sent and
+    covers at least 8 MiB, so a buffer raised after the handshake up to that
+    size still takes effect. The send buffer bounds the bytes queued and not
+    yet acknowledged. Times are in seconds.
     """
 
     rcvbuf: int = 262144
-    sndbuf: int = 262144
+    sndbuf: int = 16384           # tcp_wmem[1], the start value before auto-tuning
     nodelay: bool = False
     keepalive: bool = False
     keepidle: float = 7200.0      # tcp_keepalive_time
@@ -38,3 +39,7 @@ class TcpConfig:
     # application sets SO_RCVBUF; rcvbuf_max is tcp_rmem[2].
     rcvbuf_auto: bool = True
     rcvbuf_max: int = 6291456
+    # Send buffer auto-tuning (Linux tcp_sndbuf_expand) until the application
+    # sets SO_SNDBUF: the buffer grows with cwnd up to sndbuf_max, tcp_wmem[2].
+    sndbuf_auto: bool = True
+    sndbuf_max: int = 4194304

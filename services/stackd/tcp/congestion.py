@@ -10,6 +10,14 @@ from collections.abc import Callable
 # RFC 6928 initial window of 10 segments, as Linux uses.
 INITIAL_WINDOW_SEGMENTS = 10
 
+# Linux's tcp_sndbuf_expand counts one MSS-sized segment as the payload plus
+# the TCP headroom and skb_shared_info, rounded up to a power of two, plus the
+# sk_buff itself. These sizes reproduce what getsockopt(SO_SNDBUF) returned on
+# Linux 6.18 x86-64 right after connect() with CUBIC: 46080 bytes for every
+# MSS from 536 to 1536 and 87040 from 1537.
+_SEGMENT_HEADROOM = 512
+_SEGMENT_METADATA = 256
+
 # The names TCP_CONGESTION accepts, as Linux spells them.
 ALGORITHMS = ("cubic", "reno")
 DEFAULT_ALGORITHM = "cubic"
@@ -63,11 +71,40 @@ class NewReno:
             return True
 
         if self.cwnd < self.ssthresh:
-            # RFC 5681 section 3.1 slow start, with RFC 3465 byte counting limited to 2 segments.
-            self.cwnd += min(acked, 2 * self.mss)
-        else:
-            self._grow_in_avoidance(acked)
+            acked = self._slow_start(acked)
+            if not acked:
+                return False
+        self._grow_in_avoidance(acked)
         return False
+
+    def _slow_start(self, acked: int) -> int:
+        """Grow cwnd by the bytes acknowledged, up to ssthresh, and return the bytes left for avoidance.
+
+        This is Linux's tcp_slow_start (net/ipv4/tcp_cong.c), which CUBIC and
+        Reno both call, rather than RFC 5681 section 3.1 with RFC 3465's limit
+        of 2 segments per ACK. With GSO and GRO one ACK from a Linux peer can
+        cover 44 segments, so that limit would grow the window by 2 segments
+        per 44 acknowledged. Linux counts whole segments. Counting bytes gives
+        the same growth for full segments and less for small ones.
+        """
+        # NOTE: unlike Linux's tcp_is_cwnd_limited check, the window also grows
+        # while the application, not cwnd, limits the data in flight.
+        grown = min(self.cwnd + acked, self.ssthresh) - self.cwnd
+        self.cwnd += grown
+        return acked - grown
+
+    def send_buffer_size(self) -> int:
+        """Return the send buffer, in bytes, that Linux's tcp_sndbuf_expand sets for this window.
+
+        That is twice the largest of cwnd, the initial window and the
+        reordering allowance (dupthresh + 1), in segments, each counted at
+        Linux's memory estimate for one MSS-sized segment. Linux's comment
+        gives the reason for twice: CUBIC's fast recovery needs 1.7 windows,
+        and the rest covers an application slow to refill the buffer.
+        """
+        per_segment = (1 << (self.mss + _SEGMENT_HEADROOM - 1).bit_length()) + _SEGMENT_METADATA
+        segments = max(self.cwnd // self.mss, INITIAL_WINDOW_SEGMENTS, self.dupthresh + 1)
+        return 2 * segments * per_segment
 
     def _grow_in_avoidance(self, acked: int) -> None:
         """Congestion avoidance (RFC 5681 section 3.1): one segment per window of acknowledged bytes."""

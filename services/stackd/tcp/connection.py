@@ -121,6 +121,7 @@ class TcpConnection:
         self._snd_buf = bytearray()     # unacknowledged and unsent data
         self._snd_buf_start = 1         # offset of _snd_buf[0]; the SYN is offset 0
         self._fin_queued = False
+        self._writer_waiting = False    # send() found the buffer full, as Linux's SOCK_NOSPACE
         self._snd_mss = max(min(self._default_peer_mss(), mss), _MIN_SEND_MSS)
         self._window_scale_offer: int | None = None
 
@@ -200,6 +201,11 @@ class TcpConnection:
     def send_space(self) -> int:
         """Free bytes in the send buffer."""
         return max(self._config.sndbuf - len(self._snd_buf), 0)
+
+    @property
+    def sndbuf(self) -> int:
+        """Current send buffer size in bytes, as getsockopt(SO_SNDBUF) returns it."""
+        return self._config.sndbuf
 
     @property
     def send_queue_bytes(self) -> int:
@@ -420,6 +426,7 @@ class TcpConnection:
             self._on_segment_syn_sent(seg)
         else:
             self._on_segment_synchronized(seg)
+        self._check_send_space()
         self._notify()
 
     def _on_segment_syn_sent(self, seg: TcpRepr) -> None:
@@ -930,6 +937,8 @@ class TcpConnection:
         if not self.can_send:
             return 0
         count = min(len(data), self.send_space)
+        if count < len(data):
+            self._writer_waiting = True
         if count <= 0:
             return 0
         self._snd_buf += memoryview(data)[:count]
@@ -999,6 +1008,30 @@ class TcpConnection:
         elif (self._snd_max == self._snd_una and self._snd_buf_start + len(self._snd_buf) > self._snd_nxt
               and self._persist_deadline is None):
             self._arm_persist()
+
+    def _check_send_space(self) -> None:
+        """Grow the send buffer for a waiting writer, as Linux's tcp_check_space and tcp_new_space.
+
+        Linux's tcp_should_expand_sndbuf grows the buffer only while cwnd has
+        room for another segment after sending, because then the buffer, not
+        cwnd, limits the sender. The socket is notified after every segment,
+        which wakes the writer to use the new space.
+        """
+        if not self._writer_waiting:
+            return
+        flight = self._snd_max - self._snd_una
+        if (self._config.sndbuf_auto and self.state in _SENDING_STATES
+                and self._congestion.cwnd - flight >= self._snd_mss):
+            self._expand_send_buffer()
+        # As Linux's sk_stream_write_space: writable again once the free space is half the queue.
+        if self.send_space >= len(self._snd_buf) // 2:
+            self._writer_waiting = False
+
+    def _expand_send_buffer(self) -> None:
+        """Raise sndbuf to the congestion control's send_buffer_size, up to sndbuf_max. It never shrinks."""
+        size = min(self._congestion.send_buffer_size(), self._config.sndbuf_max)
+        if size > self._config.sndbuf:
+            self._config.sndbuf = size
 
     def _burst_size(self, mss: int) -> int:
         """Return the payload bytes one segment may carry: a multiple of MSS up to gso_max_size under GSO."""
@@ -1380,9 +1413,12 @@ class TcpConnection:
             self._keepalive_deadline = now + config.keepidle
             return
 
-        idle = now - self._last_received
-        if idle < config.keepidle and self._keepalive_probes == 0:
-            self._keepalive_deadline = self._last_received + config.keepidle
+        # Compared with the same sum the deadline was set from: ``now - last <
+        # keepidle`` can hold at that deadline by rounding, and re-arming at the
+        # same time would loop.
+        idle_deadline = self._last_received + config.keepidle
+        if now < idle_deadline and self._keepalive_probes == 0:
+            self._keepalive_deadline = idle_deadline
             return
         if self._keepalive_probes >= config.keepcnt:
             # Linux's tcp_keepalive_timer resets the connection it gives up on.
@@ -1440,6 +1476,9 @@ class TcpConnection:
         self.established_once = True
         self._set_state(State.ESTABLISHED)
         self._arm_keepalive()
+        if self._config.sndbuf_auto:
+            # As Linux's tcp_init_buffer_space: size the buffer for the initial window.
+            self._expand_send_buffer()
         if self._fin_queued:
             self._set_state(State.FIN_WAIT_1)
 
