@@ -49,6 +49,12 @@ FIELDS: dict[str, str] = {method: field for field, (method, _) in METHODS.items(
 _LANES = {"send": "send", "shutdown": "send", "close": "send", "recv": "recv", "accept": "recv"}
 
 
+# The most bytes of calls or replies that one batch message carries. A batch
+# takes what is ready up to this size, so that many large Send calls or Recv
+# replies ready at once stay far below gRPC's 64 MiB message limit; one call
+# larger than it travels alone.
+MAX_BATCH_BYTES = 8 * 1024 * 1024
+
 # The maximum time in seconds that serve_calls keeps back a reply whose call set defer_reply.
 HOLD_SECONDS = 0.02
 
@@ -240,9 +246,10 @@ async def serve_calls(servicer, request_iterator, context: grpc.aio.ServicerCont
         return deferred_now
 
     reader = asyncio.ensure_future(read_calls())
+    carry = None
     try:
         while True:
-            first = await replies.get()
+            first, carry = (carry, None) if carry is not None else (await replies.get(), None)
             if first is None:
                 if deferred_replies:
                     yield sockets_pb2.CallReplyBatch(replies=take_deferred())
@@ -250,15 +257,23 @@ async def serve_calls(servicer, request_iterator, context: grpc.aio.ServicerCont
             if isinstance(first, BaseException):
                 raise first
             batch = sockets_pb2.CallReplyBatch()
+            size = 0
             if first is not _FLUSH_HELD:
                 batch.replies.append(first)
+                size = first.ByteSize()
             while not replies.empty():
                 more = replies.get_nowait()
                 if more is None or isinstance(more, BaseException):
                     replies.put_nowait(more)
                     break
-                if more is not _FLUSH_HELD:
-                    batch.replies.append(more)
+                if more is _FLUSH_HELD:
+                    continue
+                more_size = more.ByteSize()
+                if size + more_size > MAX_BATCH_BYTES:
+                    carry = more
+                    break
+                batch.replies.append(more)
+                size += more_size
             batch.replies.extend(take_deferred())
             if batch.replies:
                 yield batch

@@ -99,12 +99,14 @@ class CallStream:
             raise ConnectionError(f"sockd at {self.endpoint}: {method} got no reply within {timeout:g} s") from None
 
     def _batches(self):
-        """Yield the queued calls as batches; each batch takes every call queued when it is taken."""
+        """Yield the queued calls as batches of up to MAX_BATCH_BYTES; each takes every call queued when it is taken."""
+        carry = None
         while True:
-            call = self._queue.get()
+            call, carry = (carry, None) if carry is not None else (self._queue.get(), None)
             if call is None:
                 return
             batch = sockets_pb2.CallBatch(calls=[call])
+            size = call.ByteSize()
             corked = call.defer_reply
             while True:
                 try:
@@ -115,7 +117,12 @@ class CallStream:
                     self.batches_sent += 1
                     yield batch
                     return
+                call_size = call.ByteSize()
+                if size + call_size > calls.MAX_BATCH_BYTES:
+                    carry = call
+                    break
                 batch.calls.append(call)
+                size += call_size
                 corked = corked and call.defer_reply
             self.batches_sent += 1
             yield batch

@@ -32,6 +32,24 @@ class StackUnavailableError(RuntimeError):
     """stackd did not report SERVING to its health check in time."""
 
 
+def _split_batches(queued: list[sockets_pb2.Call]) -> list[sockets_pb2.CallBatch]:
+    """Cut queued calls into batches of up to calls.MAX_BATCH_BYTES, in order."""
+    batches = []
+    batch = sockets_pb2.CallBatch()
+    size = 0
+    for call in queued:
+        call_size = call.ByteSize()
+        if batch.calls and size + call_size > calls.MAX_BATCH_BYTES:
+            batches.append(batch)
+            batch = sockets_pb2.CallBatch()
+            size = 0
+        batch.calls.append(call)
+        size += call_size
+    if batch.calls:
+        batches.append(batch)
+    return batches
+
+
 class StackCallStream:
     """One Calls stream to stackd that carries the forwarded calls of every client session.
 
@@ -88,9 +106,9 @@ class StackCallStream:
             while True:
                 await self._wakeup.wait()
                 self._wakeup.clear()
-                batch = sockets_pb2.CallBatch(calls=self._queued)
-                self._queued = []
-                await self._stream.write(batch)
+                queued, self._queued = self._queued, []
+                for batch in _split_batches(queued):
+                    await self._stream.write(batch)
         except asyncio.CancelledError:
             raise
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as error:

@@ -362,3 +362,52 @@ def test_set_window_bounds_later_writes():
     assert buffer.write(memoryview(b"0123456789"), None) == 8
     with pytest.raises(TimeoutError):
         buffer.write(memoryview(b"x"), 0.01)
+
+
+# Batches stay under MAX_BATCH_BYTES, far below gRPC's 64 MiB message limit.
+
+BIG = 3 * 1024 * 1024
+
+
+class BigRecvServicer:
+    async def Recv(self, request, context):
+        return sockets_pb2.RecvReply(data=bytes(BIG))
+
+
+def test_replies_ready_together_split_by_size():
+    async def main():
+        recvs = [calls.make_call(index, "Recv", sockets_pb2.RecvRequest(fd=index, max_bytes=BIG))
+                 for index in range(1, 7)]
+        return await serve(BigRecvServicer(), [recvs])
+
+    batches = asyncio.run(main())
+    assert [reply.id for batch in batches for reply in batch.replies] == [1, 2, 3, 4, 5, 6]
+    assert len(batches) >= 3
+    assert all(batch.ByteSize() <= calls.MAX_BATCH_BYTES for batch in batches)
+
+
+def test_client_batches_split_by_size():
+    import queue
+
+    from sandnet.client import CallStream
+
+    stream = CallStream.__new__(CallStream)
+    stream._queue = queue.SimpleQueue()
+    stream.batches_sent = 0
+    for index in range(1, 8):
+        stream._queue.put(send_call(index, bytes(BIG)))
+    stream._queue.put(None)
+    batches = list(stream._batches())
+    assert [call.id for batch in batches for call in batch.calls] == list(range(1, 8))
+    assert len(batches) >= 3
+    assert all(batch.ByteSize() <= calls.MAX_BATCH_BYTES for batch in batches)
+
+
+def test_sockd_splits_forwarded_batches_by_size():
+    from sandnet_sockd.forward import _split_batches
+
+    queued = [send_call(index, bytes(BIG)) for index in range(1, 8)] + [send_call(8, b"x")]
+    batches = _split_batches(queued)
+    assert [call.id for batch in batches for call in batch.calls] == list(range(1, 9))
+    assert all(batch.ByteSize() <= calls.MAX_BATCH_BYTES for batch in batches)
+    assert _split_batches([]) == []
