@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         lock.close()
         if spec.kind == "tap" and device.created:
             log.info("removed TAP device %s, which linkd created", spec.name)
-        log.info("linkd stopped on %s", spec)
+        log.info("closed device %s", spec)
     return status
 
 
