@@ -27,7 +27,7 @@ sandnet/v1/%_pb2.py: protos/sandnet/v1/%.proto $(STAMP)
 demo: setup
 	$(PYTHON) scripts/demo.py
 
-# Every workload against sandnet and the Linux kernel, about 10 minutes, as
+# Every workload against sandnet and the Linux kernel, about 3 minutes, as
 # root; prints a table and writes bench/out/latest.json.
 bench: setup
 	$(PYTHON) bench/run.py $(BENCH_ARGS)

@@ -240,8 +240,11 @@ def main() -> int:
     parser.add_argument("--only", default="", help="comma-separated workload groups to run: bulk, gso_off, "
                         "parallel, rr, ping, accept, concurrent (default: all)")
     args = parser.parse_args()
-    groups = set(args.only.split(",")) if args.only else {"bulk", "gso_off", "parallel", "rr", "ping", "accept",
-                                                          "concurrent"}
+    all_groups = ("bulk", "gso_off", "parallel", "rr", "ping", "accept", "concurrent")
+    groups = set(args.only.split(",")) if args.only else set(all_groups)
+    unknown = sorted(groups - set(all_groups))
+    if unknown:
+        parser.error(f"--only: unknown workload group {', '.join(unknown)}; choose from {', '.join(all_groups)}")
     netlab.require_root()
     started = time.monotonic()
 

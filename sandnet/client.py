@@ -6,12 +6,15 @@ calls travel on one Calls stream per session (sandnet.calls), which costs
 far less than a unary RPC per call.
 """
 
+import atexit
 import collections
 import concurrent.futures
 import itertools
+import logging
 import os
 import queue
 import threading
+import weakref
 
 import grpc
 
@@ -24,6 +27,16 @@ SESSION_METADATA = "sandnet-session"
 
 # How long the constructor waits for sockd to accept the channel.
 CONNECT_TIMEOUT_SECONDS = 5.0
+
+# How long Client.close(), and the end of the process, wait for sockd to take
+# the calls already submitted, and again for their sends to complete.
+FLUSH_SECONDS = 5.0
+
+# Calls whose data or effect must not be lost when the process ends right
+# after submitting them without waiting: buffered sends and close().
+_FLUSHED_METHODS = frozenset({"Send", "Shutdown", "Close", "SetSockOpt"})
+
+log = logging.getLogger("sandnet.client")
 
 # Messages up to 64 MiB, as the sandnet services accept.
 CHANNEL_OPTIONS = [
@@ -65,6 +78,7 @@ class CallStream:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._ids = itertools.count(1)
         self._pending: dict[int, concurrent.futures.Future] = {}
+        self._methods: dict[int, str] = {}
         self._lock = threading.Lock()
         self._failure: str | None = None
         # Calls submitted per method, and batches handed to gRPC: for tests and tuning.
@@ -86,6 +100,7 @@ class CallStream:
                 raise ConnectionError(self._failure)
             call_id = next(self._ids)
             self._pending[call_id] = future
+            self._methods[call_id] = method
             self.submitted[method] += 1
         self._queue.put(calls.make_call(call_id, method, request, defer_reply))
         return future
@@ -134,6 +149,7 @@ class CallStream:
                 for reply in batch.replies:
                     with self._lock:
                         future = self._pending.pop(reply.id, None)
+                        self._methods.pop(reply.id, None)
                     if future is not None and not future.cancelled():
                         future.set_result(reply)
         except grpc.RpcError as error:
@@ -145,9 +161,35 @@ class CallStream:
             if self._failure is None:
                 self._failure = reason
             pending, self._pending = self._pending, {}
+            self._methods.clear()
         for future in pending.values():
             if not future.done():
                 future.set_exception(ConnectionError(reason))
+
+    def flush(self, timeout: float = FLUSH_SECONDS) -> bool:
+        """Wait until sockd has taken every call submitted so far and their sends completed.
+
+        A socket's close() and buffered send() return before sockd has their
+        calls, so a process that ends right after them would lose the data,
+        while Linux keeps sending a closed socket's data. This submits a Poll
+        of no descriptors, whose reply sockd sends only after reading every
+        earlier call, and then waits for the earlier Send, Shutdown, Close and
+        SetSockOpt calls, each step at most ``timeout`` seconds. Returns
+        False if a step timed out, True otherwise (also when the stream has
+        failed, since sockd then closed the session's sockets).
+        """
+        with self._lock:
+            waited = [future for call_id, future in self._pending.items()
+                      if self._methods.get(call_id) in _FLUSHED_METHODS]
+        try:
+            self.submit("Poll", sockets_pb2.PollRequest(timeout_ms=0)).result(timeout)
+        except ConnectionError:
+            # The session is gone, and sockd closed its sockets with it.
+            return True
+        except concurrent.futures.TimeoutError:
+            return False
+        done, not_done = concurrent.futures.wait(waited, timeout)
+        return not not_done
 
     def close(self) -> None:
         """End the stream; waiting calls raise ConnectionError."""
@@ -202,6 +244,7 @@ class Client:
         self._keeper = threading.Thread(target=self._hold_session, name=f"sandnet-session-{self.session[:8]}",
                                         daemon=True)
         self._keeper.start()
+        atexit.register(_flush_at_exit, weakref.ref(self))
 
     @classmethod
     def default(cls) -> "Client":
@@ -269,7 +312,10 @@ class Client:
                                   f"{error.details()}") from None
 
     def close(self) -> None:
-        """End the session, so sockd closes its sockets, and close the channel."""
+        """Let sockd take the calls already submitted, then end the session, so sockd closes its sockets."""
+        if not self.closed and not self.calls.flush():
+            log.warning("sockd at %s did not confirm the last calls of session %s within %g s; "
+                        "data sent just before close() may be lost", self.endpoint, self.session, FLUSH_SECONDS)
         self.calls.close()
         self._session_call.cancel()
         self._channel.close()
@@ -280,3 +326,11 @@ class Client:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _flush_at_exit(client_ref: "weakref.ref[Client]") -> None:
+    """Let sockd take a live client's last calls before the process ends (see CallStream.flush)."""
+    client = client_ref()
+    if client is not None and not client.closed and not client.calls.flush():
+        log.warning("sockd at %s did not confirm the last calls of session %s within %g s at exit; "
+                    "data sent just before exit may be lost", client.endpoint, client.session, FLUSH_SECONDS)

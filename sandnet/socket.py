@@ -264,14 +264,16 @@ class socket:
         self._rbuf = bytearray()
         # Connections a listener took from stackd that accept() has not returned yet.
         self._accepted: collections.deque[sockets_pb2.AcceptReply] = collections.deque()
+        self._accept_cond = threading.Condition()
+        self._accept_in_flight = False
         self._backlog = 0
         # Set once the socket is connected; sockets without one send synchronously.
         self._sendbuf: SendBuffer | None = None
         # The effective SO_SNDBUF once the application set it, which then
         # bounds the send buffer's window; None leaves the default window.
         self._send_window: int | None = None
-        # The least a stream read asks stackd for: the effective SO_RCVBUF once
-        # the application set it, so the local buffer holds no more than that.
+        # The minimum a stream read requests from stackd: the effective
+        # SO_RCVBUF once the application set it, so the local buffer stays within it.
         self._recv_chunk = RECV_CHUNK
         self._io_refs = 0
         self._closed = False
@@ -374,24 +376,54 @@ class socket:
         One Accept call takes up to ACCEPT_BATCH connections (no more than
         the backlog) that stackd has established; the others wait here for
         the next accept() calls.
+
+        One thread at a time waits in an Accept call, and other threads wait
+        here for its connections. So no thread waits in stackd while
+        connections wait in the local queue.
         """
-        if self._fd < 0:
-            _raise_errno(errno.EBADF)
-        try:
-            reply = self._accepted.popleft()
-        except IndexError:
-            timeout_ms = _timeout_ms(self._timeout)
-            request = sockets_pb2.AcceptRequest(fd=self._fd, timeout_ms=timeout_ms,
-                                                max_count=max(1, min(ACCEPT_BATCH, self._backlog)))
-            reply = self._call("Accept", request, timeout_ms)
-            self._check(reply.errno)
-            self._accepted.extend(reply.more)
+        reply = self._take_accepted()
         conn = socket(self._family, self._type, self._proto, fileno=reply.fd, client=self._client)
         # As on Linux, an accepted socket inherits the listener's SO_SNDBUF.
         conn._send_window = self._send_window
         conn._recv_chunk = self._recv_chunk
         conn._start_send_buffer()
         return conn, from_sockaddr(self._family, reply.peer)
+
+    def _take_accepted(self) -> sockets_pb2.AcceptReply:
+        """Return the next connection, from the local queue or from an Accept call, within the timeout."""
+        timeout = self._timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._accept_cond:
+            while True:
+                if self._fd < 0:
+                    _raise_errno(errno.EBADF)
+                if self._accepted:
+                    return self._accepted.popleft()
+                if not self._accept_in_flight:
+                    self._accept_in_flight = True
+                    break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    if timeout == 0:
+                        _raise_errno(errno.EAGAIN)
+                    raise TimeoutError("timed out")
+                self._accept_cond.wait(remaining)
+
+        reply = None
+        try:
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            timeout_ms = 0 if timeout == 0 else _timeout_ms(remaining)
+            request = sockets_pb2.AcceptRequest(fd=self._fd, timeout_ms=timeout_ms,
+                                                max_count=max(1, min(ACCEPT_BATCH, self._backlog)))
+            reply = self._call("Accept", request, timeout_ms)
+            self._check(reply.errno)
+            return reply
+        finally:
+            with self._accept_cond:
+                self._accept_in_flight = False
+                if reply is not None and not reply.errno:
+                    self._accepted.extend(reply.more)
+                self._accept_cond.notify_all()
 
     def connect_ex(self, address) -> int:
         """Connect and return 0 or the errno; a timeout returns EAGAIN, as the stdlib does."""
@@ -575,9 +607,9 @@ class socket:
         request = sockets_pb2.SetSockOptRequest(fd=self._fd, level=level, name=optname, value=payload)
         self._check(self._call("SetSockOpt", request).errno)
         if level == SOL_SOCKET and optname == SO_SNDBUF and self._type == SOCK_STREAM:
-            # The client's send buffer holds what the socket's send buffer
-            # would, so it follows the size the stack applied (doubled and
-            # clamped as Linux does).
+            # The client's send buffer stands in for the socket's, so its
+            # window is the size the stack applied (doubled and clamped as
+            # Linux does).
             self._send_window = self.getsockopt(SOL_SOCKET, SO_SNDBUF)
             if self._sendbuf is not None:
                 self._sendbuf.set_window(self._send_window)
@@ -653,6 +685,9 @@ class socket:
         _files.remove(self._fileno)
         self._rbuf.clear()
         buffer, self._sendbuf = self._sendbuf, None
+        with self._accept_cond:
+            # Threads waiting for another thread's Accept call see EBADF.
+            self._accept_cond.notify_all()
         try:
             self._reset_unaccepted()
             if buffer is not None:

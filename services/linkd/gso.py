@@ -93,8 +93,10 @@ def segment(frame: bytes, header: vnet.VnetHeader) -> list[bytes]:
         raise GsoError(f"GSO frame of {len(frame)} bytes is too short for its TCP header")
     tcp_size = (frame[tcp + 12] >> 4) * 4
     payload_start = tcp + tcp_size
-    if tcp_size < 20 or payload_start > len(frame):
-        raise GsoError(f"TCP data offset {tcp_size} lies outside the frame of {len(frame)} bytes")
+    if tcp_size < 20:
+        raise GsoError(f"TCP header length {tcp_size} at byte {tcp} is under the minimum of 20 bytes")
+    if payload_start > len(frame):
+        raise GsoError(f"TCP header of {tcp_size} bytes at byte {tcp} ends past the frame of {len(frame)} bytes")
 
     headers = bytes(view[:payload_start])
     payload = view[payload_start:]

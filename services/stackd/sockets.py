@@ -397,6 +397,10 @@ def addresses_overlap(a: bytes, b: bytes, a_v6only: bool = False, b_v6only: bool
 
 
 def clamp_buffer(value: int, minimum: int, maximum: int) -> int:
-    """Apply setsockopt's SO_RCVBUF/SO_SNDBUF rule: double, then clamp."""
-    value = max(0, min(value, maximum))
+    """Apply setsockopt's SO_RCVBUF/SO_SNDBUF rule: double, then clamp.
+
+    Linux reads the value as unsigned, so a negative one is a huge size.
+    """
+    value &= 0xFFFFFFFF
+    value = min(value, maximum)
     return max(value * 2, minimum)

@@ -154,6 +154,9 @@ def test_socket_options_follow_linux(client):
     assert s.getsockopt(ssock.SOL_SOCKET, ssock.SO_RCVBUF) == 131072
     s.setsockopt(ssock.SOL_SOCKET, ssock.SO_SNDBUF, 1)
     assert s.getsockopt(ssock.SOL_SOCKET, ssock.SO_SNDBUF) == 4608
+    # Linux reads the value as unsigned: -1 is the maximum, doubled.
+    s.setsockopt(ssock.SOL_SOCKET, ssock.SO_RCVBUF, -1)
+    assert s.getsockopt(ssock.SOL_SOCKET, ssock.SO_RCVBUF) == 2 * 212992
     assert s.getsockopt(ssock.SOL_SOCKET, __import__("socket").SO_TYPE) == ssock.SOCK_STREAM
     with pytest.raises(OSError) as raised:
         s.setsockopt(ssock.IPPROTO_TCP, 9999, 1)

@@ -4,6 +4,9 @@ the sandbox's own loopback."""
 
 import errno
 import hashlib
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -13,7 +16,7 @@ import pytest
 from sandbox_fixture import running_sandbox, start_peer_tool
 from sandnet import calls
 from sandnet import socket as ssock
-from sandnet.client import CHANNEL_OPTIONS, SESSION_METADATA, grpc_target
+from sandnet.client import CHANNEL_OPTIONS, SESSION_METADATA, Client, grpc_target
 from sandnet.sendbuffer import DEFAULT_WINDOW
 from sandnet.v1 import sockets_pb2, sockets_pb2_grpc
 
@@ -307,3 +310,102 @@ def test_small_reads_share_recv_calls(sandbox):
     assert digest.hexdigest() == expected
     assert reads >= 2000
     assert recv_calls < reads // 20, f"{recv_calls} Recv calls for {reads} reads"
+
+
+EXIT_AFTER_CLOSE = """
+import sys
+from sandnet import socket as ssock
+conn = ssock.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+for _ in range(int(sys.argv[3])):
+    conn.sendall(b"e" * 1000)
+conn.close()
+"""
+
+
+@pytest.mark.parametrize("count", [1, 100, 3000])
+def test_data_sent_before_close_and_exit_arrives(sandbox, count):
+    # Linux delivers a closed socket's data after the process ends; the
+    # client lets sockd take its last calls before the process exits.
+    proc = start_peer_tool(sandbox.topo.peer, "sink", 9216)
+    env = {**os.environ, "SANDNET_SOCKD": sandbox.sockd_endpoint}
+    subprocess.run([sys.executable, "-c", EXIT_AFTER_CLOSE, sandbox.topo.peer_ip, "9216", str(count)],
+                   env=env, check=True, timeout=60)
+    length, digest = proc.communicate(timeout=60)[0].split()
+    assert int(length) == 1000 * count
+    assert digest == hashlib.sha256(b"e" * 1000 * count).hexdigest()
+
+
+def test_client_close_keeps_data_sent_before(sandbox):
+    proc = start_peer_tool(sandbox.topo.peer, "sink", 9217)
+    client = Client(sandbox.sockd_endpoint)
+    conn = ssock.socket(ssock.AF_INET, ssock.SOCK_STREAM, client=client)
+    conn.settimeout(30)
+    conn.connect((sandbox.topo.peer_ip, 9217))
+    conn.sendall(b"k" * 5000)
+    conn.close()
+    client.close()
+    length, _ = proc.communicate(timeout=60)[0].split()
+    assert int(length) == 5000
+
+
+PEER_CONNECT_MANY = """
+import socket, sys, time
+conns = []
+for _ in range(int(sys.argv[3])):
+    conn = socket.socket()
+    conn.setblocking(False)
+    conn.connect_ex((sys.argv[1], int(sys.argv[2])))
+    conns.append(conn)
+time.sleep(float(sys.argv[4]))
+"""
+
+
+def test_threads_accepting_on_one_listener_each_get_one(sandbox):
+    # Four threads wait in accept() before the peer opens four connections
+    # at once: each thread gets one, as on Linux, even though one Accept
+    # call may bring several connections into the listener's local queue.
+    listener = stream_sock(sandbox)
+    listener.bind(("0.0.0.0", 9218))
+    listener.listen(16)
+    listener.settimeout(8)
+    accepted, failures = [], []
+
+    def worker() -> None:
+        try:
+            accepted.append(listener.accept()[0])
+        except OSError as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    peer = sandbox.topo.peer.popen(sys.executable, "-c", PEER_CONNECT_MANY, sandbox.topo.sandbox_ip, "9218", "4",
+                                   "10")
+    try:
+        for thread in threads:
+            thread.join(30)
+        assert failures == []
+        assert len(accepted) == 4
+        assert listener.pending() == 0
+    finally:
+        peer.kill()
+        peer.wait()
+        for conn in accepted:
+            conn.close()
+        listener.close()
+
+
+def test_nonblocking_accept_without_connection_raises_eagain(sandbox):
+    listener = stream_sock(sandbox)
+    listener.bind(("127.0.0.1", 9219))
+    listener.listen(4)
+    listener.setblocking(False)
+    try:
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+        listener.settimeout(0.05)
+        with pytest.raises(TimeoutError):
+            listener.accept()
+    finally:
+        listener.close()
