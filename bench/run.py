@@ -237,12 +237,14 @@ def print_table(rows: list[dict]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description="Benchmark sandnet against the Linux kernel.")
     parser.add_argument("--quick", action="store_true", help="5 s bulk runs and 1,000 concurrent connections only")
-    parser.add_argument("--only", default="", help="comma-separated workload groups to run: bulk, gso_off, "
+    parser.add_argument("--only", default=None, help="comma-separated workload groups to run: bulk, gso_off, "
                         "parallel, rr, ping, accept, concurrent (default: all)")
     args = parser.parse_args()
     all_groups = ("bulk", "gso_off", "parallel", "rr", "ping", "accept", "concurrent")
-    groups = set(args.only.split(",")) if args.only else set(all_groups)
+    groups = set(args.only.split(",")) if args.only is not None else set(all_groups)
     unknown = sorted(groups - set(all_groups))
+    if unknown == [""]:
+        parser.error(f"--only: no workload group given; choose from {', '.join(all_groups)}")
     if unknown:
         parser.error(f"--only: unknown workload group {', '.join(unknown)}; choose from {', '.join(all_groups)}")
     netlab.require_root()

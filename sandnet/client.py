@@ -84,6 +84,8 @@ class CallStream:
         # Calls submitted per method, and batches handed to gRPC: for tests and tuning.
         self.submitted: collections.Counter[str] = collections.Counter()
         self.batches_sent = 0
+        # The send buffers of this session's sockets, which flush() empties.
+        self.send_buffers: weakref.WeakSet = weakref.WeakSet()
         self._replies = sockets.Calls(self._batches(), metadata=metadata)
         self._reader = threading.Thread(target=self._read_replies, name=f"sandnet-calls-{session[:8]}", daemon=True)
         self._reader.start()
@@ -166,30 +168,35 @@ class CallStream:
             if not future.done():
                 future.set_exception(ConnectionError(reason))
 
-    def flush(self, timeout: float = FLUSH_SECONDS) -> bool:
-        """Wait until sockd has taken every call submitted so far and their sends completed.
+    def flush(self, timeout: float = FLUSH_SECONDS) -> tuple[bool, int]:
+        """Hand sockd every byte that send() accepted and every call submitted so far.
 
         A socket's close() and buffered send() return before sockd has their
-        calls, so a process that ends right after them would lose the data,
-        while Linux keeps sending a closed socket's data. This submits a Poll
-        of no descriptors, whose reply sockd sends only after reading every
-        earlier call, and then waits for the earlier Send, Shutdown, Close and
-        SetSockOpt calls, each step at most ``timeout`` seconds. Returns
-        False if a step timed out, True otherwise (also when the stream has
-        failed, since sockd then closed the session's sockets).
+        data, so a process that ends right after them would lose it, while
+        Linux keeps sending a socket's data after the process ends. This
+        submits the data still queued in every send buffer, then a Poll of
+        no descriptors, whose reply sockd sends only after reading every
+        earlier call. Then it waits up to ``timeout`` seconds more for the
+        earlier Send, Shutdown, Close and SetSockOpt calls to complete, which
+        matters in host mode: there sockd drops unfinished sends when the
+        session ends. Returns (whether sockd confirmed every call within
+        ``timeout`` seconds, the number of those calls still running). A
+        failed stream counts as confirmed, since sockd then closed the
+        session's sockets.
         """
+        for buffer in list(self.send_buffers):
+            buffer.flush()
         with self._lock:
             waited = [future for call_id, future in self._pending.items()
                       if self._methods.get(call_id) in _FLUSHED_METHODS]
         try:
             self.submit("Poll", sockets_pb2.PollRequest(timeout_ms=0)).result(timeout)
         except ConnectionError:
-            # The session is gone, and sockd closed its sockets with it.
-            return True
+            return True, 0
         except concurrent.futures.TimeoutError:
-            return False
-        done, not_done = concurrent.futures.wait(waited, timeout)
-        return not not_done
+            return False, len(waited)
+        _, not_done = concurrent.futures.wait(waited, timeout)
+        return True, len(not_done)
 
     def close(self) -> None:
         """End the stream; waiting calls raise ConnectionError."""
@@ -244,6 +251,8 @@ class Client:
         self._keeper = threading.Thread(target=self._hold_session, name=f"sandnet-session-{self.session[:8]}",
                                         daemon=True)
         self._keeper.start()
+        # A child made by fork() shares this session's channel but must not flush it.
+        self._pid = os.getpid()
         atexit.register(_flush_at_exit, weakref.ref(self))
 
     @classmethod
@@ -311,11 +320,21 @@ class Client:
             raise ConnectionError(f"sockd at {self.endpoint}: {method} failed: {error.code().name}: "
                                   f"{error.details()}") from None
 
+    def flush(self, when: str) -> None:
+        """Run CallStream.flush and log what it could not confirm; ``when`` names the occasion for the log."""
+        confirmed, running = self.calls.flush()
+        if not confirmed:
+            log.warning("sockd at %s did not confirm the last calls of session %s within %g s at %s; "
+                        "data sent before it may be lost", self.endpoint, self.session, FLUSH_SECONDS, when)
+        elif running:
+            log.info("%d send or close call(s) of session %s still wait for room after %g s at %s; "
+                     "in host mode their data is lost when the session ends", running, self.session,
+                     FLUSH_SECONDS, when)
+
     def close(self) -> None:
-        """Let sockd take the calls already submitted, then end the session, so sockd closes its sockets."""
-        if not self.closed and not self.calls.flush():
-            log.warning("sockd at %s did not confirm the last calls of session %s within %g s; "
-                        "data sent just before close() may be lost", self.endpoint, self.session, FLUSH_SECONDS)
+        """Hand sockd the data and calls already accepted, then end the session, so sockd closes its sockets."""
+        if not self.closed and os.getpid() == self._pid:
+            self.flush("close()")
         self.calls.close()
         self._session_call.cancel()
         self._channel.close()
@@ -329,8 +348,7 @@ class Client:
 
 
 def _flush_at_exit(client_ref: "weakref.ref[Client]") -> None:
-    """Let sockd take a live client's last calls before the process ends (see CallStream.flush)."""
+    """Hand sockd a live client's last data and calls before the process ends (see CallStream.flush)."""
     client = client_ref()
-    if client is not None and not client.closed and not client.calls.flush():
-        log.warning("sockd at %s did not confirm the last calls of session %s within %g s at exit; "
-                    "data sent just before exit may be lost", client.endpoint, client.session, FLUSH_SECONDS)
+    if client is not None and not client.closed and os.getpid() == client._pid:
+        client.flush("exit")

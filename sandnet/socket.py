@@ -469,6 +469,7 @@ class socket:
     def _start_send_buffer(self) -> None:
         if self._type == SOCK_STREAM and self._sendbuf is None:
             self._sendbuf = SendBuffer(self._client.calls, self._fd, self._send_window or DEFAULT_WINDOW)
+            self._client.calls.send_buffers.add(self._sendbuf)
 
     def _send(self, data, flags: int, addr: types_pb2.SockAddr | None, timeout_ms: int) -> int:
         if self._fd < 0:

@@ -581,6 +581,8 @@ class TcpLayer:
         while not sock.accept_queue:
             if sock.closed:
                 raise SocketError(errno.EBADF, "socket closed")
+            if not sock.listening:
+                raise SocketError(errno.EINVAL, "socket stopped listening")
             if not await wait_any([sock], deadline):
                 raise SocketError(errno.EAGAIN, "no connection to accept")
         endpoint = sock.accept_queue.pop(0)
@@ -658,7 +660,10 @@ class TcpLayer:
 
     def shutdown(self, sock: TcpSocket, how: int) -> None:
         if sock.listening and how in (0, 2):
-            self.close(sock)
+            # As Linux's tcp_disconnect on a listener: it stops listening and
+            # resets its queue, but keeps its descriptor and its port.
+            self._stop_listening(sock)
+            sock.wake()
             return
         conn = self._connected(sock, allow_closed=True)
         if how in (0, 2):
@@ -672,16 +677,20 @@ class TcpLayer:
             raise SocketError(errno.ENOTCONN, "socket is not connected")
         return sock.conn
 
+    def _stop_listening(self, sock: TcpSocket) -> None:
+        """Stop listening and reset the connections not yet accepted."""
+        self.listeners.pop((sock.local.ip, sock.local.port), None)
+        sock.listening = False
+        for endpoint in list(sock.syn_queue) + sock.accept_queue:
+            endpoint.listener = None
+            self._call(endpoint, endpoint.conn.abort)
+        sock.syn_queue.clear()
+        sock.accept_queue.clear()
+
     def close(self, sock: TcpSocket) -> None:
         """Close the socket: its connection finishes in the background (FIN, TIME_WAIT)."""
         if sock.listening:
-            self.listeners.pop((sock.local.ip, sock.local.port), None)
-            sock.listening = False
-            for endpoint in list(sock.syn_queue) + sock.accept_queue:
-                endpoint.listener = None
-                self._call(endpoint, endpoint.conn.abort)
-            sock.syn_queue.clear()
-            sock.accept_queue.clear()
+            self._stop_listening(sock)
         if sock.endpoint is not None:
             endpoint = sock.endpoint
             endpoint.socket = None

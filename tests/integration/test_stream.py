@@ -312,23 +312,24 @@ def test_small_reads_share_recv_calls(sandbox):
     assert recv_calls < reads // 20, f"{recv_calls} Recv calls for {reads} reads"
 
 
-EXIT_AFTER_CLOSE = """
+EXIT_AFTER_SENDS = """
 import sys
 from sandnet import socket as ssock
 conn = ssock.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
 for _ in range(int(sys.argv[3])):
     conn.sendall(b"e" * 1000)
-conn.close()
+if sys.argv[4] == "close":
+    conn.close()
 """
 
 
-@pytest.mark.parametrize("count", [1, 100, 3000])
-def test_data_sent_before_close_and_exit_arrives(sandbox, count):
-    # Linux delivers a closed socket's data after the process ends; the
-    # client lets sockd take its last calls before the process exits.
+@pytest.mark.parametrize("count,ending", [(1, "close"), (100, "close"), (3000, "close"), (5000, "exit")])
+def test_data_sent_before_exit_arrives(sandbox, count, ending):
+    # Linux delivers a socket's data after the process ends, closed or not;
+    # the client hands sockd its last data and calls before the process exits.
     proc = start_peer_tool(sandbox.topo.peer, "sink", 9216)
     env = {**os.environ, "SANDNET_SOCKD": sandbox.sockd_endpoint}
-    subprocess.run([sys.executable, "-c", EXIT_AFTER_CLOSE, sandbox.topo.peer_ip, "9216", str(count)],
+    subprocess.run([sys.executable, "-c", EXIT_AFTER_SENDS, sandbox.topo.peer_ip, "9216", str(count), ending],
                    env=env, check=True, timeout=60)
     length, digest = proc.communicate(timeout=60)[0].split()
     assert int(length) == 1000 * count
@@ -346,6 +347,44 @@ def test_client_close_keeps_data_sent_before(sandbox):
     client.close()
     length, _ = proc.communicate(timeout=60)[0].split()
     assert int(length) == 5000
+
+
+def test_client_close_keeps_data_of_open_socket(sandbox):
+    proc = start_peer_tool(sandbox.topo.peer, "sink", 9220)
+    client = Client(sandbox.sockd_endpoint)
+    conn = ssock.socket(ssock.AF_INET, ssock.SOCK_STREAM, client=client)
+    conn.settimeout(30)
+    conn.connect((sandbox.topo.peer_ip, 9220))
+    conn.sendall(b"o" * 5_000_000)
+    client.close()
+    length, _ = proc.communicate(timeout=60)[0].split()
+    assert int(length) == 5_000_000
+
+
+FORK_CHILD_EXITS = """
+import os, sys
+from sandnet import socket as ssock
+conn = ssock.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+conn.sendall(b"f" * 1000)
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)
+os.waitpid(pid, 0)
+conn.close()
+"""
+
+
+def test_forked_child_exit_leaves_parent_session_alone(sandbox):
+    # The child shares the parent's channel: its exit must not flush the
+    # parent's session (and wait for it), only the parent's exit does.
+    proc = start_peer_tool(sandbox.topo.peer, "sink", 9221)
+    env = {**os.environ, "SANDNET_SOCKD": sandbox.sockd_endpoint}
+    run = subprocess.run([sys.executable, "-c", FORK_CHILD_EXITS, sandbox.topo.peer_ip, "9221"],
+                         env=env, timeout=60, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "did not confirm" not in run.stderr
+    length, _ = proc.communicate(timeout=60)[0].split()
+    assert int(length) == 1000
 
 
 PEER_CONNECT_MANY = """
@@ -407,5 +446,33 @@ def test_nonblocking_accept_without_connection_raises_eagain(sandbox):
         listener.settimeout(0.05)
         with pytest.raises(TimeoutError):
             listener.accept()
+    finally:
+        listener.close()
+
+
+def test_listener_shutdown_ends_waiting_accept_with_einval(sandbox):
+    listener = stream_sock(sandbox)
+    listener.bind(("127.0.0.1", 9222))
+    listener.listen(4)
+    listener.settimeout(10)
+    failures = []
+
+    def waiter() -> None:
+        try:
+            listener.accept()
+        except OSError as error:
+            failures.append(error)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.3)
+    try:
+        # Linux: shutdown(SHUT_RD) stops a listener, and a blocked accept() gets EINVAL.
+        listener.shutdown(ssock.SHUT_RD)
+        thread.join(10)
+        assert len(failures) == 1
+        assert failures[0].errno == errno.EINVAL
+        # The descriptor stays open and can listen again.
+        listener.listen(4)
     finally:
         listener.close()
