@@ -28,7 +28,8 @@ acknowledgement that carries it arrives, at most one round trip late, and
 the data accepted meanwhile is lost as Linux loses a send buffer to a reset.
 
 The window is the socket's SO_SNDBUF once the application sets it, and
-DEFAULT_WINDOW while the stack tunes the buffer itself.
+DEFAULT_WINDOW while the stack tunes the buffer itself. Client.close() and
+the end of the process hand sockd what is still queued (CallStream.flush).
 """
 
 import errno
