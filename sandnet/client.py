@@ -327,9 +327,9 @@ class Client:
             log.warning("sockd at %s did not confirm the last calls of session %s within %g s at %s; "
                         "data sent before it may be lost", self.endpoint, self.session, FLUSH_SECONDS, when)
         elif running:
-            log.info("%d send or close call(s) of session %s still wait for room after %g s at %s; "
-                     "in host mode their data is lost when the session ends", running, self.session,
-                     FLUSH_SECONDS, when)
+            log.warning("%d send or close call(s) of session %s still wait for room after %g s at %s; "
+                        "in host mode their data is lost when the session ends", running, self.session,
+                        FLUSH_SECONDS, when)
 
     def close(self) -> None:
         """Hand sockd the data and calls already accepted, then end the session, so sockd closes its sockets."""

@@ -117,6 +117,10 @@ class SendBuffer:
             if unproven is not None:
                 self._unproven_writes = unproven + 1
             self._submit_if_due()
+            if isinstance(self._error, ConnectionError):
+                # The session is gone, so nothing takes the data: fail this
+                # send instead of reporting it queued.
+                self._raise_pending_error()
             return count
 
     def flush(self) -> None:

@@ -455,6 +455,10 @@ class socket:
         return from_sockaddr(self._family, reply.addr)
 
     def shutdown(self, how: int) -> None:
+        if how in (SHUT_RD, SHUT_RDWR) and self._accepted:
+            # A listener stops listening: as on Linux, the connections it had
+            # not returned from accept() are reset, and accept() gets EINVAL.
+            self._reset_unaccepted()
         if how in (SHUT_WR, SHUT_RDWR) and self._sendbuf is not None:
             # Buffered data goes before the FIN. Later sends are synchronous
             # again, so they get EPIPE at once, as on Linux.

@@ -476,3 +476,48 @@ def test_listener_shutdown_ends_waiting_accept_with_einval(sandbox):
         listener.listen(4)
     finally:
         listener.close()
+
+
+def test_listener_shutdown_resets_connections_queued_in_client(sandbox):
+    listener = stream_sock(sandbox)
+    listener.bind(("127.0.0.1", 9223))
+    listener.listen(16)
+    listener.settimeout(10)
+    clients = []
+    try:
+        for _ in range(5):
+            conn = stream_sock(sandbox)
+            conn.settimeout(10)
+            conn.connect(("127.0.0.1", 9223))
+            clients.append(conn)
+        first, _ = listener.accept()
+        assert listener.pending() == 4
+        listener.shutdown(ssock.SHUT_RD)
+        # As on Linux: accept() now fails with EINVAL, and the connections
+        # that accept() never returned are reset.
+        with pytest.raises(OSError) as raised:
+            listener.accept()
+        assert raised.value.errno == errno.EINVAL
+        for conn in clients[1:]:
+            with pytest.raises(ConnectionResetError):
+                conn.recv(10)
+        first.close()
+    finally:
+        listener.close()
+        for conn in clients:
+            conn.close()
+
+
+def test_send_after_client_close_fails(sandbox):
+    proc = start_peer_tool(sandbox.topo.peer, "sink", 9224)
+    client = Client(sandbox.sockd_endpoint)
+    conn = ssock.socket(ssock.AF_INET, ssock.SOCK_STREAM, client=client)
+    conn.settimeout(30)
+    conn.connect((sandbox.topo.peer_ip, 9224))
+    conn.sendall(b"a" * 1000)
+    client.close()
+    # The session is gone: a send must fail, not report data queued.
+    with pytest.raises(OSError):
+        conn.send(b"x" * 5000)
+    length, _ = proc.communicate(timeout=60)[0].split()
+    assert int(length) == 1000
