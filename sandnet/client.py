@@ -123,7 +123,7 @@ class CallStream:
             if call is None:
                 return
             batch = sockets_pb2.CallBatch(calls=[call])
-            size = call.ByteSize()
+            size = calls.batch_size(call)
             corked = call.defer_reply
             while True:
                 try:
@@ -134,7 +134,7 @@ class CallStream:
                     self.batches_sent += 1
                     yield batch
                     return
-                call_size = call.ByteSize()
+                call_size = calls.batch_size(call)
                 if size + call_size > calls.MAX_BATCH_BYTES:
                     carry = call
                     break

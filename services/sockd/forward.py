@@ -38,7 +38,7 @@ def _split_batches(queued: list[sockets_pb2.Call]) -> list[sockets_pb2.CallBatch
     batch = sockets_pb2.CallBatch()
     size = 0
     for call in queued:
-        call_size = call.ByteSize()
+        call_size = calls.batch_size(call)
         if batch.calls and size + call_size > calls.MAX_BATCH_BYTES:
             batches.append(batch)
             batch = sockets_pb2.CallBatch()

@@ -411,3 +411,11 @@ def test_sockd_splits_forwarded_batches_by_size():
     assert [call.id for batch in batches for call in batch.calls] == list(range(1, 9))
     assert all(batch.ByteSize() <= calls.MAX_BATCH_BYTES for batch in batches)
     assert _split_batches([]) == []
+
+
+def test_batch_size_bounds_encoded_size():
+    send = send_call(1, bytes(BIG))
+    recv_reply = sockets_pb2.CallReply(id=2, recv=sockets_pb2.RecvReply(data=bytes(BIG)))
+    small = calls.make_call(3, "Recv", sockets_pb2.RecvRequest(fd=1, max_bytes=10))
+    for message in (send, recv_reply, small):
+        assert message.ByteSize() <= calls.batch_size(message) <= message.ByteSize() + 256
