@@ -49,7 +49,7 @@ FIELDS: dict[str, str] = {method: field for field, (method, _) in METHODS.items(
 _LANES = {"send": "send", "shutdown": "send", "close": "send", "recv": "recv", "accept": "recv"}
 
 
-# The most bytes of calls or replies that one batch message carries. A batch
+# The maximum bytes of calls or replies that one batch message carries. A batch
 # takes what is ready up to this size, so that many large Send calls or Recv
 # replies ready at once stay far below gRPC's 64 MiB message limit; one call
 # larger than it travels alone.
@@ -90,7 +90,7 @@ async def _resume(coro, awaited):
     """Drive a coroutine that was started by hand and suspended on ``awaited``; return its result.
 
     ``awaited`` is what the coroutine yielded: the Future it waits for, or
-    None for a bare yield (asyncio.sleep(0)). The coroutine then sees that
+    None for a bare yield (asyncio.sleep(0)). The coroutine then gets that
     Future's result or exception, and a cancellation of this task, as if
     it ran in the task itself.
     """

@@ -416,7 +416,7 @@ class ForwardSockets(sockets_pb2_grpc.SocketsServicer):
         def relay(call: sockets_pb2.Call, field: str) -> asyncio.Future | None:
             # Calls that may need more than a relay (an unknown session or
             # descriptor, a lost stackd, a destination to check) take the
-            # unary handlers, which answer them.
+            # unary handlers, which return the errno for each case.
             if field not in _RELAYED_FIELDS:
                 return None
             request = getattr(call, field)
