@@ -20,6 +20,8 @@ import sys
 import threading
 import time
 
+from sandnet.cli import icmp_checksum
+
 CHUNK = 1 << 20
 PAYLOAD = bytes(CHUNK)
 
@@ -131,15 +133,6 @@ def run_udp_rr(sock_mod, args) -> dict:
     return {"value": count / elapsed, "transactions": count, "lost": lost, "seconds": elapsed}
 
 
-def _icmp_checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def run_ping(sock_mod, args) -> dict:
     """Send ``--count`` echo requests on an ICMP datagram socket, one at a time; report the median RTT in ms."""
     sock = sock_mod.socket(sock_mod.AF_INET, sock_mod.SOCK_DGRAM, sock_mod.IPPROTO_ICMP)
@@ -148,7 +141,7 @@ def run_ping(sock_mod, args) -> dict:
     lost = 0
     for seq in range(args.count):
         body = struct.pack("!BBHHH", 8, 0, 0, 0, seq) + bytes(56)
-        packet = body[:2] + struct.pack("!H", _icmp_checksum(body)) + body[4:]
+        packet = body[:2] + struct.pack("!H", icmp_checksum(body)) + body[4:]
         start = time.monotonic()
         sock.sendto(packet, (args.host, 0))
         try:

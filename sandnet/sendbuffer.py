@@ -64,7 +64,10 @@ class SendBuffer:
         self._fd = fd
         self._window = window
         self._cond = threading.Condition()
-        self._queued = bytearray()
+        # Data accepted by send() and not yet submitted, one bytes object per
+        # write, so that one large write is copied once here and not again.
+        self._queued: list[bytes] = []
+        self._queued_bytes = 0
         self._in_flight = 0
         self._sends_in_flight = 0
         self._prompt_sends_in_flight = 0
@@ -103,7 +106,7 @@ class SendBuffer:
                 self._unproven_writes = 0
             while True:
                 self._raise_pending_error()
-                room = self._window - self._in_flight - len(self._queued)
+                room = self._window - self._in_flight - self._queued_bytes
                 unproven = self._unproven_writes
                 if room > 0 and (unproven is None or unproven < MAX_UNPROVEN_WRITES):
                     break
@@ -113,7 +116,8 @@ class SendBuffer:
                 self._cond.wait(remaining)
 
             count = min(room, len(data))
-            self._queued += data[:count]
+            self._queued.append(bytes(data[:count]))
+            self._queued_bytes += count
             if unproven is not None:
                 self._unproven_writes = unproven + 1
             self._submit_if_due()
@@ -138,13 +142,14 @@ class SendBuffer:
         """Submit the queued data unless a Send that is not deferred is in flight; the caller holds the lock."""
         if not self._queued or self._prompt_sends_in_flight:
             return
-        defer = not self._sends_in_flight and len(self._queued) <= DEFER_MAX_BYTES
+        defer = not self._sends_in_flight and self._queued_bytes <= DEFER_MAX_BYTES
         self._submit(defer)
 
     def _submit(self, defer: bool = False) -> None:
         """Send the queued data as one Send call; the caller holds the lock."""
-        data = bytes(self._queued)
+        data = b"".join(self._queued)
         self._queued.clear()
+        self._queued_bytes = 0
         request = sockets_pb2.SendRequest(fd=self._fd, data=data, timeout_ms=-1)
         try:
             future = self._calls.submit("Send", request, defer_reply=defer)
@@ -179,6 +184,7 @@ class SendBuffer:
             if self._error is not None:
                 # As on Linux, data not yet handed to the stack is lost with the connection.
                 self._queued.clear()
+                self._queued_bytes = 0
                 self._unproven_writes = 0
             else:
                 self._unproven_writes = None

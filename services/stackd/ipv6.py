@@ -582,7 +582,7 @@ class Ipv6Layer:
         device_offload = None
         if offload is not None:
             # The stack puts no extension headers before TCP, so TCP starts right after the fixed header.
-            device_offload = frame_offload(self.network.offloads_for(dst), offload, ip_header_len=ipv6.HEADER_LEN,
+            device_offload = frame_offload(self.network.device_offloads(iface), offload, ip_header_len=ipv6.HEADER_LEN,
                                            packet_len=size, mtu=mtu, gso_type=GSO_TCPV6)
         if size <= mtu or device_offload is not None and device_offload.gso_type != GSO_NONE:
             packet = ipv6.build(src, dst, protocol, payload, hop_limit=hop_limit, traffic_class=traffic_class)
@@ -664,25 +664,35 @@ def quoted_transport(quote: bytes | memoryview) -> tuple[int, bytes, bytes, int,
     view = memoryview(quote)
     if len(view) < ipv6.HEADER_LEN + 4 or view[0] >> 4 != 6:
         return None
-    next_header, src, dst = view[6], bytes(view[8:24]), bytes(view[24:40])
-    offset = ipv6.HEADER_LEN
+    upper = _upper_layer(view)
+    if upper is None or len(view) < upper[1] + 4:
+        return None
+    next_header, offset = upper
+    ports = view[offset:offset + 4]
+    return (next_header, bytes(view[8:24]), bytes(view[24:40]), int.from_bytes(ports[:2], "big"),
+            int.from_bytes(ports[2:], "big"))
+
+
+def _upper_layer(view: memoryview) -> tuple[int, int] | None:
+    """Return the upper-layer protocol of an IPv6 packet and its header's offset, past the extension headers.
+
+    Returns None for a malformed chain, a chain longer than
+    MAX_EXTENSION_HEADERS, or a fragment other than the first, because only
+    the first fragment contains the upper-layer header.
+    """
+    next_header, offset = view[6], ipv6.HEADER_LEN
     for _ in range(MAX_EXTENSION_HEADERS):
         if not ipv6.is_extension_header(next_header):
-            break
+            return next_header, offset
         try:
             length = ipv6.extension_header_length(next_header, view[offset:])
         except MalformedError:
             return None
         if next_header == ipv6.NEXT_HEADER_FRAGMENT and ipv6.parse_fragment(view[offset:]).offset:
-            return None  # Only the first fragment contains the ports.
+            return None
         next_header = view[offset]
         offset += length
-    else:
-        return None
-    if len(view) < offset + 4:
-        return None
-    ports = view[offset:offset + 4]
-    return next_header, src, dst, int.from_bytes(ports[:2], "big"), int.from_bytes(ports[2:], "big")
+    return None
 
 
 def icmpv6_errno(type_: int, code: int) -> int:
@@ -707,18 +717,10 @@ def _is_hard(message: icmpv6.Icmpv6Repr) -> bool:
 def _quotes_icmp_error(packet: bytes) -> bool:
     """Tell whether ``packet`` carries an ICMPv6 error or a redirect, about which no error is sent."""
     view = memoryview(packet)
-    next_header, offset = view[6], ipv6.HEADER_LEN
-    for _ in range(MAX_EXTENSION_HEADERS):
-        if not ipv6.is_extension_header(next_header):
-            break
-        try:
-            length = ipv6.extension_header_length(next_header, view[offset:])
-        except MalformedError:
-            return False
-        if next_header == ipv6.NEXT_HEADER_FRAGMENT and ipv6.parse_fragment(view[offset:]).offset:
-            return False  # A later fragment contains no ICMPv6 header.
-        next_header = view[offset]
-        offset += length
+    upper = _upper_layer(view)
+    if upper is None:
+        return False
+    next_header, offset = upper
     if next_header != ipv6.NEXT_HEADER_ICMPV6 or len(view) <= offset:
         return False
     return icmpv6.is_error(view[offset]) or view[offset] == icmpv6.TYPE_REDIRECT

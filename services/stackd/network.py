@@ -165,6 +165,10 @@ class Network:
             _, iface = self.route(dst)
         except NetworkError:
             return NO_OFFLOADS
+        return self.device_offloads(iface)
+
+    def device_offloads(self, iface: Interface) -> DeviceOffloads:
+        """Return the offloads of ``iface``'s device path; none for loopback."""
         return self._offloads.get(iface.name, NO_OFFLOADS)
 
     def remove_interface(self, name: str) -> None:
@@ -518,7 +522,7 @@ class Network:
 
         device_offload = None
         if offload is not None:
-            device_offload = frame_offload(self._offloads.get(iface.name, NO_OFFLOADS), offload,
+            device_offload = frame_offload(self.device_offloads(iface), offload,
                                            ip_header_len=ipv4.HEADER_LEN, packet_len=total, mtu=mtu,
                                            gso_type=GSO_TCPV4)
         if total <= mtu or device_offload is not None and device_offload.gso_type != GSO_NONE:
