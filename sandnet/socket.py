@@ -371,10 +371,10 @@ class socket:
         self._backlog = max(backlog, 0)
 
     def accept(self) -> tuple["socket", tuple]:
-        """Accept a connection; return the new socket and the peer's address.
+        """Accept a connection and return the new socket and the peer's address.
 
-        One Accept call takes up to ACCEPT_BATCH connections (no more than
-        the backlog) that stackd has established; the others wait here for
+        One Accept call takes up to ACCEPT_BATCH connections, no more than
+        the backlog, that stackd has established. The others wait here for
         the next accept() calls.
 
         One thread at a time waits in an Accept call, and other threads wait
@@ -612,7 +612,7 @@ class socket:
         request = sockets_pb2.SetSockOptRequest(fd=self._fd, level=level, name=optname, value=payload)
         self._check(self._call("SetSockOpt", request).errno)
         if level == SOL_SOCKET and optname == SO_SNDBUF and self._type == SOCK_STREAM:
-            # The client's send buffer stands in for the socket's, so its
+            # The client's send buffer takes the place of the socket's, so its
             # window is the size the stack applied (doubled and clamped as
             # Linux does).
             self._send_window = self.getsockopt(SOL_SOCKET, SO_SNDBUF)
@@ -691,7 +691,7 @@ class socket:
         self._rbuf.clear()
         buffer, self._sendbuf = self._sendbuf, None
         with self._accept_cond:
-            # Threads waiting for another thread's Accept call see EBADF.
+            # Threads waiting for another thread's Accept call get EBADF.
             self._accept_cond.notify_all()
         try:
             self._reset_unaccepted()

@@ -188,7 +188,7 @@ def test_unary_calls_still_served(sandbox):
     assert sandbox.client.call_unary("Close", sockets_pb2.FdRequest(fd=reply.fd)).errno == 0
 
 
-def test_one_threads_small_sends_coalesce(sandbox):
+def test_small_sends_coalesce(sandbox):
     # 3,000 small sends from one thread cost one Send per round trip to
     # stackd once the first acknowledgement proves the connection alive.
     pieces = [b"%05d;" % index for index in range(3000)]
@@ -218,11 +218,11 @@ def test_send_window_follows_sndbuf(sandbox):
         assert applied == 8192
         assert client._sendbuf.window == applied
         client.setsockopt(ssock.SOL_SOCKET, ssock.SO_RCVBUF, 4096)
-        # Reads ask stackd for no more than the receive buffer holds.
+        # A read requests no more than the receive buffer's size from stackd.
         assert client._recv_chunk == client.getsockopt(ssock.SOL_SOCKET, ssock.SO_RCVBUF) == 8192
 
-        # A reader that does not read: the sender stops at the window plus
-        # what stackd's buffers and the receiver's window hold, and a timeout ends send().
+        # The accepting side does not read, so the sender stops once its window,
+        # stackd's buffers and the receiver's window are full, and a timeout ends send().
         client.settimeout(0.5)
         total = 0
         with pytest.raises(TimeoutError):
@@ -256,7 +256,7 @@ def test_listener_inherits_sndbuf_window(sandbox):
         client.close()
 
 
-def test_accept_takes_a_batch_and_close_resets_the_rest(sandbox):
+def test_accept_batch_close_resets_rest(sandbox):
     listener = stream_sock(sandbox)
     listener.bind(("127.0.0.1", 9214))
     listener.listen(16)
@@ -336,7 +336,7 @@ def test_data_sent_before_exit_arrives(sandbox, count, ending):
     assert digest == hashlib.sha256(b"e" * 1000 * count).hexdigest()
 
 
-def test_client_close_keeps_data_sent_before(sandbox):
+def test_client_close_flushes_closed_socket(sandbox):
     proc = start_peer_tool(sandbox.topo.peer, "sink", 9217)
     client = Client(sandbox.sockd_endpoint)
     conn = ssock.socket(ssock.AF_INET, ssock.SOCK_STREAM, client=client)
@@ -349,7 +349,7 @@ def test_client_close_keeps_data_sent_before(sandbox):
     assert int(length) == 5000
 
 
-def test_client_close_keeps_data_of_open_socket(sandbox):
+def test_client_close_flushes_open_socket(sandbox):
     proc = start_peer_tool(sandbox.topo.peer, "sink", 9220)
     client = Client(sandbox.sockd_endpoint)
     conn = ssock.socket(ssock.AF_INET, ssock.SOCK_STREAM, client=client)
@@ -374,9 +374,9 @@ conn.close()
 """
 
 
-def test_forked_child_exit_leaves_parent_session_alone(sandbox):
-    # The child shares the parent's channel: its exit must not flush the
-    # parent's session (and wait for it), only the parent's exit does.
+def test_forked_child_exit_skips_flush(sandbox):
+    # The child shares the parent's channel, so its exit must not flush (and
+    # wait for) the parent's session. Only the parent's exit does.
     proc = start_peer_tool(sandbox.topo.peer, "sink", 9221)
     env = {**os.environ, "SANDNET_SOCKD": sandbox.sockd_endpoint}
     run = subprocess.run([sys.executable, "-c", FORK_CHILD_EXITS, sandbox.topo.peer_ip, "9221"],
@@ -399,10 +399,10 @@ time.sleep(float(sys.argv[4]))
 """
 
 
-def test_threads_accepting_on_one_listener_each_get_one(sandbox):
+def test_threaded_accept_each_gets_one(sandbox):
     # Four threads wait in accept() before the peer opens four connections
-    # at once: each thread gets one, as on Linux, even though one Accept
-    # call may bring several connections into the listener's local queue.
+    # at once. Each thread gets one, as on Linux, although one Accept call
+    # may bring several connections into the listener's local queue.
     listener = stream_sock(sandbox)
     listener.bind(("0.0.0.0", 9218))
     listener.listen(16)
@@ -435,7 +435,7 @@ def test_threads_accepting_on_one_listener_each_get_one(sandbox):
         listener.close()
 
 
-def test_nonblocking_accept_without_connection_raises_eagain(sandbox):
+def test_nonblocking_accept_raises_eagain(sandbox):
     listener = stream_sock(sandbox)
     listener.bind(("127.0.0.1", 9219))
     listener.listen(4)
@@ -450,7 +450,7 @@ def test_nonblocking_accept_without_connection_raises_eagain(sandbox):
         listener.close()
 
 
-def test_listener_shutdown_ends_waiting_accept_with_einval(sandbox):
+def test_listener_shutdown_accept_einval(sandbox):
     listener = stream_sock(sandbox)
     listener.bind(("127.0.0.1", 9222))
     listener.listen(4)
@@ -478,7 +478,7 @@ def test_listener_shutdown_ends_waiting_accept_with_einval(sandbox):
         listener.close()
 
 
-def test_listener_shutdown_resets_connections_queued_in_client(sandbox):
+def test_listener_shutdown_resets_queued(sandbox):
     listener = stream_sock(sandbox)
     listener.bind(("127.0.0.1", 9223))
     listener.listen(16)
