@@ -77,8 +77,8 @@ class CallStream:
         self.endpoint = endpoint
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._ids = itertools.count(1)
-        self._pending: dict[int, concurrent.futures.Future] = {}
-        self._methods: dict[int, str] = {}
+        # Call id -> (the future of its reply, its method).
+        self._pending: dict[int, tuple[concurrent.futures.Future, str]] = {}
         self._lock = threading.Lock()
         self._failure: str | None = None
         # Calls submitted per method, and batches handed to gRPC: for tests and tuning.
@@ -101,8 +101,7 @@ class CallStream:
             if self._failure is not None:
                 raise ConnectionError(self._failure)
             call_id = next(self._ids)
-            self._pending[call_id] = future
-            self._methods[call_id] = method
+            self._pending[call_id] = (future, method)
             self.submitted[method] += 1
         self._queue.put(calls.make_call(call_id, method, request, defer_reply))
         return future
@@ -150,8 +149,7 @@ class CallStream:
             for batch in self._replies:
                 for reply in batch.replies:
                     with self._lock:
-                        future = self._pending.pop(reply.id, None)
-                        self._methods.pop(reply.id, None)
+                        future, _ = self._pending.pop(reply.id, (None, ""))
                     if future is not None and not future.cancelled():
                         future.set_result(reply)
         except grpc.RpcError as error:
@@ -163,8 +161,7 @@ class CallStream:
             if self._failure is None:
                 self._failure = reason
             pending, self._pending = self._pending, {}
-            self._methods.clear()
-        for future in pending.values():
+        for future, _ in pending.values():
             if not future.done():
                 future.set_exception(ConnectionError(reason))
 
@@ -187,8 +184,7 @@ class CallStream:
         for buffer in list(self.send_buffers):
             buffer.flush()
         with self._lock:
-            waited = [future for call_id, future in self._pending.items()
-                      if self._methods.get(call_id) in _FLUSHED_METHODS]
+            waited = [future for future, method in self._pending.values() if method in _FLUSHED_METHODS]
         try:
             self.submit("Poll", sockets_pb2.PollRequest(timeout_ms=0)).result(timeout)
         except ConnectionError:
