@@ -576,7 +576,7 @@ class Ipv6Layer:
         counters = self.counters
         counters.OutRequests += 1
         route, iface = self.network.route(dst)
-        mtu = self.network.path_mtu(dst)
+        mtu = self.network.path_mtu(dst, iface)
         size = ipv6.HEADER_LEN + len(payload)
 
         device_offload = None

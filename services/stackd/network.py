@@ -253,11 +253,13 @@ class Network:
         target = int.from_bytes(dst, "big")
         return max(same_scope, key=lambda ip: 128 - (int.from_bytes(ip, "big") ^ target).bit_length())
 
-    def path_mtu(self, dst: bytes) -> int:
+    def path_mtu(self, dst: bytes, iface: Interface | None = None) -> int:
         """Return the path MTU to ``dst``: the interface's MTU (for IPv6 the one a
         router advertised), lowered by ICMP, and capped at 65535 bytes so that
-        loopback's 65536 fits the length fields."""
-        iface = self.route(dst)[1]
+        loopback's 65536 fits the length fields. ``iface`` is the interface
+        that routes to ``dst``, when the caller has routed already."""
+        if iface is None:
+            iface = self.route(dst)[1]
         mtu = (iface.ipv6_mtu or iface.mtu) if len(dst) == 16 else iface.mtu
         entry = self._pmtu.get(dst)
         if entry is not None:
@@ -518,7 +520,7 @@ class Network:
         counters.OutRequests += 1
         route, iface = self.route(dst)
         total = ipv4.HEADER_LEN + len(payload)
-        mtu = self.path_mtu(dst)
+        mtu = self.path_mtu(dst, iface)
 
         device_offload = None
         if offload is not None:
